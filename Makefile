@@ -122,7 +122,9 @@ $(B)/cuda-test-matvec: $(B)/tests/cuda/test_matvec.cu.o $(B)/src/backend/cuda/ma
 $(B)/cuda-matvec-bench: $(B)/bench/cuda_matvec_bench.cu.o $(B)/src/backend/cuda/matvec.cu.o $(CUDA_REF_OBJ)
 	$(NVCC) -arch=$(CUDA_ARCH) -o $@ $^ -lm -lpthread
 # Backend op tests (CUDA vs CPU backend, tests/cuda/test_ops.cu): links libds4.
-$(B)/cuda-test-ops: $(B)/tests/cuda/test_ops.cu.o $(B)/libds4.a
+# Fused-op cases live in tests/cuda/ops_*.cu (one file per op family).
+CUDA_OPS_TESTS = $(patsubst %.cu,$(B)/%.cu.o,$(sort $(wildcard tests/cuda/ops_*.cu)))
+$(B)/cuda-test-ops: $(B)/tests/cuda/test_ops.cu.o $(CUDA_OPS_TESTS) $(B)/libds4.a
 	$(NVCC) -arch=$(CUDA_ARCH) -o $@ $^ -lm -lpthread
 cuda-progs: $(B)/cuda-test-matvec $(B)/cuda-matvec-bench $(B)/cuda-test-ops
 cuda-test:

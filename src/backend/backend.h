@@ -179,6 +179,55 @@ struct ds4_backend {
     void (*moe_routed)(ds4_backend *be, const float *lg, const float *bias, const int32_t *hash_sel,
                        const ds4_tensor *gate, const ds4_tensor *up, const ds4_tensor *down, const float *x, int n,
                        int k, double w_scale, float clamp, float *y);
+
+    /* ---- optional fused ops for the latency of single-token decode (NULL: forward.c runs
+     * the op sequence each one names). forward.c uses them for every chunk size, so a
+     * token's values never depend on how many tokens the chunk has, and a backend must
+     * compute each token's values with the same code whatever n_tok is. ---------------- */
+
+    /* matmul_multi: y_j = W_j · x for j < n (each W_j whole, slab 0; all with the same
+     * ne[0]), n_tok rows of x (stride xs), y_j rows with stride ys[j]: the values of n
+     * matmul calls. n <= 8. */
+    void (*matmul_multi)(ds4_backend *be, int n, const ds4_tensor *const *W, float *const *y, const int64_t *ys,
+                         const float *x, int64_t xs, int n_tok);
+
+    /* hc_site: one hyper-connection site for n_tok tokens (the sequence rmsnorm + matmul +
+     * hc_pre + rmsnorm): flat = rmsnorm(H[t]) (unweighted, width h·d, eps),
+     * mix = fn · flat (fn [mw = (2+h)·h rows][h·d], F16 or F32), pre/post/comb and
+     * x = Σ_k pre[k]·H[t][k] as hc_pre (iters, hc_eps), then xn[t] = rmsnorm(x) · norm_w
+     * (width d, eps). Outputs post [n_tok][h], comb [n_tok][h·h], xn [n_tok][d]. The
+     * dot products behind mix may be summed in another order than matmul's (rounding
+     * only). */
+    void (*hc_site)(ds4_backend *be, const ds4_tensor *fn, const float *scale, const float *base, const float *H,
+                    int n_tok, int h, int64_t d, int iters, double hc_eps, double eps, const float *norm_w,
+                    float *post, float *comb, float *xn);
+
+    /* qkv_rope: the per-token chain of one position pos before attention (the sequence
+     * rmsnorm, rope, fp8_sim, round_f16, copy, axpy of forward.c):
+     *  - q: n_head rows of hd, each rmsnorm (unweighted, eps) then rope (inv_freq, last
+     *    n_rot dims);
+     *  - kv: one row of hd: rmsnorm · kv_norm (eps), rope, and when prod: fp8_sim of dims
+     *    [0, hd − n_rot), round_f16 of all hd; then copied to raw (hd floats);
+     *  - iq (NULL: none): iq_heads rows of ihd: rope (same inv_freq), then when prod
+     *    hadamard_fp4_sim;
+     *  - ring stores j < n_put: put_dst[j][i] = put_src[j][i] for i < put_cw[j], and
+     *    put_dst[j][cw + i] = put_src[j][cw + i] + put_ape[j][i] (copy + axpy with a = 1).
+     * Every value as that op sequence computes it. n_put <= 2. */
+    void (*qkv_rope)(ds4_backend *be, float *q, int n_head, float *kv, const float *kv_norm, int64_t hd, int n_rot,
+                     int64_t pos, const float *inv_freq, bool prod, double eps, float *raw, float *iq, int iq_heads,
+                     int64_t ihd, int n_put, float *const *put_dst, const float *const *put_src,
+                     const float *const *put_ape, const int64_t *put_cw);
+
+    /* topk_dev: topk's selection (the k largest of score[0, n), ties to the lower index,
+     * ascending index order) written as k int32 into idx, backend memory: no host copy. */
+    void (*topk_dev)(ds4_backend *be, const float *score, int n, int k, int32_t *idx);
+
+    /* attention_ex: attention (above), then rope with inverse = true on the last n_rot
+     * dims of each head's output at position pos (inv_freq host memory, as rope). ia is a
+     * host array; ib is a host array, or backend memory when ib_dev (from topk_dev). */
+    void (*attention_ex)(ds4_backend *be, const float *q, int n_head, int64_t hd, const float *rows_a,
+                         const int32_t *ia, int na, const float *rows_b, const int32_t *ib, int nb, bool ib_dev,
+                         const float *sinks, float scale, int n_rot, int64_t pos, const float *inv_freq, float *out);
 };
 
 /* Creates the CPU backend with n_threads workers (0 = all cores). */

@@ -12,86 +12,10 @@
 // (exact) / 2e-4 (production: the same quantised activations, only f32 sums reordered).
 // Prints one line per case and a summary; exit status 1 on any failure. `--cpu-self`
 // runs the harness with the CPU backend on both sides (no GPU needed).
-#include <math.h>
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-
-#include <vector>
-
-extern "C" {
-#include "backend/backend.h"
-#include "core/common.h"
-#include "model/ggml_type.h"
-#include "model/gguf.h"
-#include "model/quant.h"
-#include "model/weights.h"
-}
+#include "ops_harness.h"  // first: the C headers inside extern "C"
 #include "backend/cuda/cuda_backend.h"
 
-static int g_pass, g_fail;
-static uint64_t g_rng = 0x243F6A8885A308D3ull;
-static double urand() {
-    uint64_t z = (g_rng += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    z ^= z >> 31;
-    return (double)(z >> 11) * (1.0 / 9007199254740992.0);
-}
-static float srand1() { return (float)(2 * urand() - 1); }
-static std::vector<float> rvec(size_t n, float scale = 1) {
-    std::vector<float> v(n);
-    for (auto &x : v) x = srand1() * scale;
-    return v;
-}
-
-// The same host data in both backends' memory.
-struct Pair {
-    ds4_backend *cpu, *gpu;
-    float *c, *g;
-    size_t n;
-};
-static Pair put(ds4_backend *cpu, ds4_backend *gpu, const std::vector<float> &v) {
-    Pair p{cpu, gpu, (float *)cpu->alloc(cpu, v.size() * 4), (float *)gpu->alloc(gpu, v.size() * 4), v.size()};
-    cpu->write(cpu, p.c, v.data(), v.size() * 4);
-    gpu->write(gpu, p.g, v.data(), v.size() * 4);
-    return p;
-}
-static void drop(Pair &p) {
-    p.cpu->release(p.cpu, p.c);
-    p.gpu->release(p.gpu, p.g);
-}
-static void check(const char *name, Pair &p, double tol) {
-    std::vector<float> a(p.n), b(p.n);
-    p.cpu->read(p.cpu, a.data(), p.c, p.n * 4);
-    p.gpu->read(p.gpu, b.data(), p.g, p.n * 4);
-    double mx = 1, d = 0;
-    for (size_t i = 0; i < p.n; i++)
-        if (isfinite(a[i])) mx = fmax(mx, fabs(a[i]));
-    for (size_t i = 0; i < p.n; i++) {
-        double e = a[i] == b[i] ? 0.0 : fabs((double)a[i] - b[i]); // equal infinities: 0
-        if (!(e <= d)) d = isnan(e) ? INFINITY : e;
-    }
-    const bool ok = d <= tol * mx;
-    printf("%s %-44s max|diff| %.3e (bound %.1e)\n", ok ? "ok  " : "FAIL", name, d, tol * mx);
-    (ok ? g_pass : g_fail)++;
-}
-
-// ---- a model-less weight mapping: tensors in one in-memory GGUF ---------------------
-struct Wt {
-    const char *name;
-    uint32_t type;
-    uint64_t ne0, ne1, ne2;
-};
-static const Wt kW[] = {
-    {"f32", DS4_TYPE_F32, 4096, 96, 1},   {"f16", DS4_TYPE_F16, 4096, 96, 1},
-    {"q8", DS4_TYPE_Q8_0, 4096, 96, 1},   {"q2k", DS4_TYPE_Q2_K, 4096, 48, 1},
-    {"q4k", DS4_TYPE_Q4_K, 4096, 48, 1},  {"iq2", DS4_TYPE_IQ2_XXS, 4096, 32, 1},
-    {"tiny", DS4_TYPE_Q8_0, 64, 7, 1},    {"oa", DS4_TYPE_Q8_0, 1024, 64, 1},
-    {"emb", DS4_TYPE_F16, 512, 40, 1},
-};
-static ds4_tensor g_t[sizeof kW / sizeof kW[0]];
+// ---- a model-less weight mapping: tensors in one in-memory GGUF (kW, ops_harness.h) --
 
 static int make_model(ds4_model *m, uint8_t **buf) {
     char err[256];
@@ -148,7 +72,7 @@ static void run(ds4_backend *C, ds4_backend *G, const char *mode) {
     // matmul: every type, one token and a batch of 5 with a strided output
     for (size_t i = 0; i < sizeof kW / sizeof kW[0]; i++) {
         const ds4_tensor *W = &g_t[i];
-        if (!strcmp(kW[i].name, "emb")) continue;
+        if (!strcmp(kW[i].name, "emb") || !strncmp(kW[i].name, "hcfn", 4) || !strncmp(kW[i].name, "mm_", 3)) continue;
         const int64_t k = (int64_t)W->ne[0], n = (int64_t)W->ne[1];
         for (int nt : {1, 5}) {
             const int64_t ys = nt == 1 ? n : n + 3;
@@ -320,6 +244,11 @@ static void run(ds4_backend *C, ds4_backend *G, const char *mode) {
         drop(y);
         drop(z);
     }
+    // fused ops (tests/cuda/ops_*.cu)
+    ops_fused_hc(C, G, mode);
+    ops_fused_qkv(C, G, mode);
+    ops_fused_attn(C, G, mode);
+    ops_fused_mm(C, G, mode);
 }
 
 // --cpu-self: both sides on the CPU backend (checks the harness itself without a GPU:

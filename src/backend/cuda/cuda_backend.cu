@@ -40,6 +40,7 @@ extern "C" {
 #include "model/quant.h"
 }
 #include "cuda_backend.h"
+#include "cuda_internal.h"
 
 namespace {
 
@@ -47,6 +48,8 @@ struct owned_dev {
     owned_dev *next;
     void *p;
 };
+
+constexpr int kProfEv = 8192, kProfLab = 96;
 
 struct cu_impl {
     cudaStream_t st;
@@ -80,8 +83,19 @@ struct cu_impl {
     size_t xq_cap;
     // DS4_CUDA_PROFILE=1: every op synchronises the stream before and after and adds
     // its wall time to a per-op total (printed by free); for a per-op breakdown only
-    bool prof, prof_decode; // prof_decode: the current chunk has one token (set by get_rows)
+    // fused-op support (cuda_internal.h): per-slot scratch and last-block counters
+    void *scr[ds4cu::SCR_COUNT];
+    size_t scr_cap[ds4cu::SCR_COUNT];
+    unsigned *d_counters;
+    int prof;               // 0 off, 1 synchronised per op, 2 device events (see Prof)
+    bool prof_decode;       // the current chunk has one token (set by get_rows)
     int prof_depth;
+    cudaEvent_t ev[kProfEv + 1];
+    int ev_lab[kProfEv], ev_n;
+    char lab_name[kProfLab][64];
+    double lab_t[kProfLab];
+    long lab_c[kProfLab];
+    int lab_n;
     double prof_t[32];
     long prof_n[32];
 };
@@ -145,22 +159,34 @@ void *stage(cu_impl *im, const void *host, size_t bytes) {
     return d;
 }
 
-enum ProfOp { P_MATMUL, P_MOE_ROUTED, P_GET_ROWS, P_RMSNORM, P_ROPE, P_AXPY, P_SWIGLU, P_HC_PRE, P_HC_POST, P_HC_HEAD, P_COMPRESS_POOL, P_ATTENTION, P_INDEXER_SCORES, P_TOPK, P_FP8_SIM, P_HADAMARD_FP4_SIM, P_ROUND_F16, P_COPY, P_ZERO, P_READ, P_WRITE, P_COUNT };
-const char *const kProfName[] = {"matmul", "moe_routed", "get_rows", "rmsnorm", "rope", "axpy", "swiglu", "hc_pre", "hc_post", "hc_head", "compress_pool", "attention", "indexer_scores", "topk", "fp8_sim", "hadamard_fp4_sim", "round_f16", "copy", "zero", "read", "write"};
+enum ProfOp { P_HC_SITE, P_QKV_ROPE, P_TOPK_DEV, P_ATTENTION_EX, P_MATMUL_MULTI, P_MATMUL, P_MOE_ROUTED, P_GET_ROWS, P_RMSNORM, P_ROPE, P_AXPY, P_SWIGLU, P_HC_PRE, P_HC_POST, P_HC_HEAD, P_COMPRESS_POOL, P_ATTENTION, P_INDEXER_SCORES, P_TOPK, P_FP8_SIM, P_HADAMARD_FP4_SIM, P_ROUND_F16, P_COPY, P_ZERO, P_READ, P_WRITE, P_COUNT };
+const char *const kProfName[] = {"hc_site", "qkv_rope", "topk_dev", "attention_ex", "matmul_multi", "matmul", "moe_routed", "get_rows", "rmsnorm", "rope", "axpy", "swiglu", "hc_pre", "hc_post", "hc_head", "compress_pool", "attention", "indexer_scores", "topk", "fp8_sim", "hadamard_fp4_sim", "round_f16", "copy", "zero", "read", "write"};
 
 double now_s();
-// Scoped per-op timer (outermost op only; see cu_impl.prof).
+int prof_label(cu_impl *im, const char *name);
+void prof_ev_flush(cu_impl *im);
+// Scoped per-op timer (outermost op only; see cu_impl.prof). Mode 1 synchronises around
+// the op (host wall time); mode 2 records a device event at the op's start and charges
+// the device time until the next op's event to it (no synchronisation: the stream runs
+// as in production, so a row is the op's GPU time plus any gap before the next op).
 struct Prof {
     cu_impl *im;
     int op;
     double t0;
-    Prof(cu_impl *i, int o) : im(i), op(o), t0(0) {
+    Prof(cu_impl *i, int o, const char *label = nullptr) : im(i), op(o), t0(0) {
         if (!im->prof || !im->prof_decode || im->prof_depth++ > 0) return;
+        if (im->prof == 2) {
+            if (im->ev_n == kProfEv) prof_ev_flush(im);
+            im->ev_lab[im->ev_n] = label ? prof_label(im, label) : prof_label(im, kProfName[o]);
+            cudaEventRecord(im->ev[im->ev_n++], im->st);
+            return;
+        }
         cudaStreamSynchronize(im->st);
         t0 = now_s();
     }
     ~Prof() {
         if (!im->prof || !im->prof_decode || --im->prof_depth > 0) return;
+        if (im->prof == 2) return;
         cudaStreamSynchronize(im->st);
         im->prof_t[op] += now_s() - t0;
         im->prof_n[op]++;
@@ -800,6 +826,7 @@ void cu_read(ds4_backend *be, void *dst, const void *src, size_t n) {
     if (!n) return;
     CK(cudaMemcpyAsync(dst, src, n, cudaMemcpyDeviceToHost, IMPL(be)->st));
     CK(cudaStreamSynchronize(IMPL(be)->st));
+    if (IMPL(be)->prof == 2 && IMPL(be)->prof_depth == 1) prof_ev_flush(IMPL(be));
 }
 void cu_copy(ds4_backend *be, void *dst, const void *src, size_t n) {
     PROF(COPY);
@@ -922,7 +949,11 @@ int64_t act_bytes(uint32_t wtype, int64_t k, bool quant) {
 
 void cu_matmul(ds4_backend *be, const ds4_tensor *W, uint64_t slab, uint64_t row0, uint64_t n_rows, const float *x,
                int64_t xs, float *y, int64_t ys, int n_tok) {
-    PROF(MATMUL);
+    char lab[64] = "";
+    if (IMPL(be)->prof == 2)
+        snprintf(lab, sizeof lab, "matmul %s %llux%llu", ds4_type_name(W->type), (unsigned long long)n_rows,
+                 (unsigned long long)W->ne[0]);
+    Prof prof_(IMPL(be), P_MATMUL, lab[0] ? lab : nullptr);
     cu_impl *im = IMPL(be);
     DS4_ASSERT(slab < W->ne[2] && row0 + n_rows <= W->ne[1]);
     if (n_rows == 0 || n_tok <= 0) return;
@@ -1249,7 +1280,24 @@ void cu_free(ds4_backend *be) {
     cu_impl *im = IMPL(be);
     if (im) {
         if (im->st) cudaStreamSynchronize(im->st);
-        if (im->prof) {
+        if (im->prof == 2) {
+            prof_ev_flush(im);
+            double tot = 0;
+            for (int i = 0; i < im->lab_n; i++) tot += im->lab_t[i];
+            fprintf(stderr, "cuda op profile (decode chunks only, device events, no sync): %.3f s total\n%-34s %9s %11s %9s %7s\n",
+                    tot, "op", "calls", "total ms", "us/call", "share");
+            for (int pass = 0; pass < im->lab_n; pass++) { // largest first
+                int b = -1;
+                for (int i = 0; i < im->lab_n; i++)
+                    if (im->lab_c[i] >= 0 && (b < 0 || im->lab_t[i] > im->lab_t[b])) b = i;
+                fprintf(stderr, "%-34s %9ld %11.2f %9.2f %6.1f%%\n", im->lab_name[b], im->lab_c[b], 1e3 * im->lab_t[b],
+                        1e6 * im->lab_t[b] / (im->lab_c[b] ? im->lab_c[b] : 1), 100.0 * im->lab_t[b] / (tot > 0 ? tot : 1));
+                im->lab_c[b] = -1;
+            }
+            for (int i = 0; i <= kProfEv; i++)
+                if (im->ev[i]) cudaEventDestroy(im->ev[i]);
+        }
+        if (im->prof == 1) {
             double tot = 0;
             for (int i = 0; i < P_COUNT; i++) tot += im->prof_t[i];
             fprintf(stderr, "cuda op profile (decode chunks only, each op synchronised): %.3f s total\n%-18s %10s %12s %10s %7s\n", tot, "op",
@@ -1270,6 +1318,9 @@ void cu_free(ds4_backend *be) {
         if (im->d_ring) cudaFree(im->d_ring);
         if (im->h_ring) cudaFreeHost(im->h_ring);
         if (im->h_score) cudaFreeHost(im->h_score);
+        for (int i = 0; i < ds4cu::SCR_COUNT; i++)
+            if (im->scr[i]) cudaFree(im->scr[i]);
+        if (im->d_counters) cudaFree(im->d_counters);
         void *bufs[] = {im->d_sel, im->d_selw, im->d_g, im->d_u, im->d_dn, im->d_xq};
         for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
             if (bufs[i]) cudaFree(bufs[i]);
@@ -1279,13 +1330,84 @@ void cu_free(ds4_backend *be) {
     free(be);
 }
 
+int prof_label(cu_impl *im, const char *name) {
+    for (int i = 0; i < im->lab_n; i++)
+        if (!strcmp(im->lab_name[i], name)) return i;
+    if (im->lab_n == kProfLab) return kProfLab - 1;
+    snprintf(im->lab_name[im->lab_n], sizeof im->lab_name[0], "%s", name);
+    return im->lab_n++;
+}
+
+// Charges each recorded op the device time from its event to the next one (the last to
+// an event recorded now), then starts a new list.
+void prof_ev_flush(cu_impl *im) {
+    if (im->ev_n == 0) return;
+    cudaEventRecord(im->ev[im->ev_n], im->st);
+    cudaEventSynchronize(im->ev[im->ev_n]);
+    for (int i = 0; i < im->ev_n; i++) {
+        float ms = 0;
+        cudaEventElapsedTime(&ms, im->ev[i], im->ev[i + 1]);
+        im->lab_t[im->ev_lab[i]] += 1e-3 * ms;
+        im->lab_c[im->ev_lab[i]]++;
+    }
+    im->ev_n = 0;
+}
+
 double now_s() {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
+// ---- fused ops (backend.h; kernels in fused_*.cu): profiled wrappers
+void cu_hc_site(ds4_backend *be, const ds4_tensor *fn, const float *scale, const float *base, const float *H, int n_tok,
+                int h, int64_t d, int iters, double hc_eps, double eps, const float *norm_w, float *post, float *comb,
+                float *xn) {
+    PROF(HC_SITE);
+    ds4cu_hc_site(be, fn, scale, base, H, n_tok, h, d, iters, hc_eps, eps, norm_w, post, comb, xn);
+}
+void cu_qkv_rope(ds4_backend *be, float *q, int n_head, float *kv, const float *kv_norm, int64_t hd, int n_rot, int64_t pos,
+                 const float *inv_freq, bool prod, double eps, float *raw, float *iq, int iq_heads, int64_t ihd, int n_put,
+                 float *const *put_dst, const float *const *put_src, const float *const *put_ape, const int64_t *put_cw) {
+    PROF(QKV_ROPE);
+    ds4cu_qkv_rope(be, q, n_head, kv, kv_norm, hd, n_rot, pos, inv_freq, prod, eps, raw, iq, iq_heads, ihd, n_put, put_dst,
+                   put_src, put_ape, put_cw);
+}
+void cu_topk_dev(ds4_backend *be, const float *score, int n, int k, int32_t *idx) {
+    PROF(TOPK_DEV);
+    ds4cu_topk_dev(be, score, n, k, idx);
+}
+void cu_attention_ex(ds4_backend *be, const float *q, int n_head, int64_t hd, const float *rows_a, const int32_t *ia, int na,
+                     const float *rows_b, const int32_t *ib, int nb, bool ib_dev, const float *sinks, float scale, int n_rot,
+                     int64_t pos, const float *inv_freq, float *out) {
+    PROF(ATTENTION_EX);
+    ds4cu_attention_ex(be, q, n_head, hd, rows_a, ia, na, rows_b, ib, nb, ib_dev, sinks, scale, n_rot, pos, inv_freq, out);
+}
+void cu_matmul_multi(ds4_backend *be, int n, const ds4_tensor *const *W, float *const *y, const int64_t *ys, const float *x,
+                     int64_t xs, int n_tok) {
+    char lab[64] = "";
+    if (IMPL(be)->prof == 2)
+        snprintf(lab, sizeof lab, "matmul_multi %d %s k%llu", n, ds4_type_name(W[0]->type), (unsigned long long)W[0]->ne[0]);
+    Prof prof_(IMPL(be), P_MATMUL_MULTI, lab[0] ? lab : nullptr);
+    ds4cu_matmul_multi(be, n, W, y, ys, x, xs, n_tok);
+}
+
 }  // namespace
+
+namespace ds4cu {
+cudaStream_t stream(ds4_backend *be) { return IMPL(be)->st; }
+const void *dev_of(ds4_backend *be, const void *host_weight) { return ::dev_of(IMPL(be), host_weight); }
+void *stage(ds4_backend *be, const void *host, size_t bytes) { return ::stage(IMPL(be), host, bytes); }
+void *scratch(ds4_backend *be, int slot, size_t bytes) {
+    cu_impl *im = IMPL(be);
+    DS4_ASSERT(slot >= 0 && slot < SCR_COUNT);
+    grow(&im->scr[slot], &im->scr_cap[slot], bytes ? bytes : 1, im->st);
+    return im->scr[slot];
+}
+unsigned *counters(ds4_backend *be) { return IMPL(be)->d_counters; }
+bool exact(ds4_backend *be) { return be->numerics == DS4_NUM_EXACT; }
+void check(cudaError_t e, const char *what, const char *file, int line) { cu_check(e, what, file, line); }
+}  // namespace ds4cu
 
 #define TRY_GO(call)                                                                                  \
     do {                                                                                              \
@@ -1370,6 +1492,8 @@ extern "C" int ds4_backend_cuda_create(ds4_backend **out, const ds4_model *m, ds
             TRY_GO(cudaFuncSetAttribute(k_attention, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         (int)(prop.sharedMemPerBlockOptin - fa.sharedSizeBytes)));
         }
+        TRY_GO(cudaMalloc((void **)&im->d_counters, ds4cu::kCounters * sizeof(unsigned)));
+        TRY_GO(cudaMemset(im->d_counters, 0, ds4cu::kCounters * sizeof(unsigned)));
         TRY_GO(cudaMalloc((void **)&im->d_zero_ids, 64 * sizeof(int32_t)));
         TRY_GO(cudaMemset(im->d_zero_ids, 0, 64 * sizeof(int32_t)));
     }
@@ -1401,13 +1525,23 @@ extern "C" int ds4_backend_cuda_create(ds4_backend **out, const ds4_model *m, ds
     be->fp8_sim = cu_fp8_sim;
     be->hadamard_fp4_sim = cu_hadamard_fp4_sim;
     be->round_f16 = cu_round_f16;
+    // DS4_CUDA_NO_FUSED=1: none of the fused ops (forward.c's op sequences instead)
+    if (!getenv("DS4_CUDA_NO_FUSED")) {
+        be->hc_site = cu_hc_site;
+        be->qkv_rope = cu_qkv_rope;
+        be->topk_dev = cu_topk_dev;
+        be->attention_ex = cu_attention_ex;
+        be->matmul_multi = cu_matmul_multi;
+    }
     be->moe_routed = getenv("DS4_CUDA_NO_FUSED_MOE") ? NULL : cu_moe_routed;
     be->matmul_groups = getenv("DS4_CUDA_NO_FUSED_MOE") ? NULL : cu_matmul_groups;
     {
         const char *pq = getenv("DS4_CUDA_PREQ");
         im->preq = pq && *pq == '1';
         const char *pf = getenv("DS4_CUDA_PROFILE");
-        im->prof = pf && *pf == '1';
+        im->prof = pf && *pf == '1' ? 1 : pf && *pf == '2' ? 2 : 0;
+        if (im->prof == 2)
+            for (int i = 0; i <= kProfEv; i++) TRY_GO(cudaEventCreate(&im->ev[i]));
     }
     *out = be;
     return 0;

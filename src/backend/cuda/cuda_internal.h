@@ -1,0 +1,68 @@
+// cuda_internal.h — what the CUDA backend's op files share with cuda_backend.cu (C++ only).
+//
+// Owns: access to the backend's stream, resident-weight addresses, the pinned staging
+// ring, growable per-purpose device scratch and zeroed device counters, plus the entry
+// points of the fused ops (backend.h, "optional fused ops"), each defined in its own
+// .cu file with exactly the signature of its backend.h pointer. Must not: expose
+// cu_impl itself; be included by C code.
+#ifndef DS4_CUDA_INTERNAL_H
+#define DS4_CUDA_INTERNAL_H
+
+#include <cuda_runtime.h>
+#include <stddef.h>
+#include <stdint.h>
+
+extern "C" {
+#include "backend/backend.h"
+}
+
+namespace ds4cu {
+
+// The backend's one stream: every launch of an op goes there (in stream order).
+cudaStream_t stream(ds4_backend *be);
+// Device address of a weight's host pointer (inside the model mapping: t->data).
+const void *dev_of(ds4_backend *be, const void *host_weight);
+// Copies `bytes` of host memory to device memory usable by kernels launched afterwards
+// on the stream (asynchronous; the slice is valid until the ring wraps, i.e. for the op).
+void *stage(ds4_backend *be, const void *host, size_t bytes);
+// Device scratch owned by the backend, one buffer per slot, grown (with a stream
+// synchronisation) when a call needs more than it holds; contents are not kept across
+// growth. Slots are fixed per purpose (below) so ops never share a buffer by accident.
+enum ScratchSlot { SCR_HC = 0, SCR_TOPK, SCR_ATT, SCR_QKV, SCR_MV, SCR_MOE, SCR_SPARE1, SCR_SPARE2, SCR_COUNT };
+void *scratch(ds4_backend *be, int slot, size_t bytes);
+// kCounters unsigned ints of device memory, zero at creation. A kernel that uses one
+// (e.g. a last-block-done counter) must leave it at zero when it finishes. Ranges are
+// fixed per purpose like the scratch slots.
+constexpr int kCounters = 4096;
+enum CounterBase { CNT_HC = 0, CNT_TOPK = 1024, CNT_ATT = 2048, CNT_MV = 3072 };
+unsigned *counters(ds4_backend *be);
+// True in exact numerics (DS4_NUM_EXACT).
+bool exact(ds4_backend *be);
+// A CUDA failure inside an op (ops have no error path): reported like a failed assertion.
+void check(cudaError_t e, const char *what, const char *file, int line);
+
+}  // namespace ds4cu
+
+#define DS4CU_CK(call) ds4cu::check((call), #call, __FILE__, __LINE__)
+#define DS4CU_CKL() ds4cu::check(cudaGetLastError(), "kernel launch", __FILE__, __LINE__)
+
+// Fused ops (backend.h): one definition each, in the named file.
+// fused_hc.cu
+void ds4cu_hc_site(ds4_backend *be, const ds4_tensor *fn, const float *scale, const float *base, const float *H,
+                   int n_tok, int h, int64_t d, int iters, double hc_eps, double eps, const float *norm_w, float *post,
+                   float *comb, float *xn);
+// fused_qkv.cu
+void ds4cu_qkv_rope(ds4_backend *be, float *q, int n_head, float *kv, const float *kv_norm, int64_t hd, int n_rot,
+                    int64_t pos, const float *inv_freq, bool prod, double eps, float *raw, float *iq, int iq_heads,
+                    int64_t ihd, int n_put, float *const *put_dst, const float *const *put_src,
+                    const float *const *put_ape, const int64_t *put_cw);
+// fused_mm.cu
+void ds4cu_matmul_multi(ds4_backend *be, int n, const ds4_tensor *const *W, float *const *y, const int64_t *ys,
+                        const float *x, int64_t xs, int n_tok);
+// fused_attn.cu
+void ds4cu_topk_dev(ds4_backend *be, const float *score, int n, int k, int32_t *idx);
+void ds4cu_attention_ex(ds4_backend *be, const float *q, int n_head, int64_t hd, const float *rows_a,
+                        const int32_t *ia, int na, const float *rows_b, const int32_t *ib, int nb, bool ib_dev,
+                        const float *sinks, float scale, int n_rot, int64_t pos, const float *inv_freq, float *out);
+
+#endif
