@@ -20,19 +20,38 @@
 #include "core/common.h"
 #include "engine_internal.h"
 
-/* HC site: rmsnorm over the flattened streams, mixing logits, then pre/post/comb and the
- * collapsed sublayer input in sc->xin. HF normalises with rms_norm_eps here. */
-static void hc_site(ds4_session *s, const ds4_tensor *fn, const float *scale, const float *base, int n) {
+/* HC site: rmsnorm over the flattened streams, mixing logits, then pre/post/comb, the
+ * collapsed sublayer input and its rmsnorm (norm_w) into sc->x. HF normalises with
+ * rms_norm_eps here. A backend may do all of it in one fused op (backend.h hc_site). */
+static void hc_site(ds4_session *s, const ds4_tensor *fn, const float *scale, const float *base, const float *norm_w,
+                    int n) {
     ds4_engine *e = s->e;
     ds4_backend *be = e->be;
     const ds4_hparams *hp = &e->model->hp;
     ds4_scratch *sc = &s->s;
     const int h = (int)hp->n_hc;
     const int64_t d = hp->n_embd, hw = (int64_t)h * d, mw = (int64_t)(2 + h) * h;
+    if (be->hc_site) {
+        be->hc_site(be, fn, scale, base, sc->H, n, h, d, (int)hp->hc_sinkhorn_iters, hp->hc_eps, hp->rms_eps, norm_w,
+                    sc->post, sc->comb, sc->x);
+        return;
+    }
     be->rmsnorm(be, sc->H, hw, NULL, sc->flat, hw, hw, n, hp->rms_eps);
     be->matmul(be, fn, 0, 0, (uint64_t)mw, sc->flat, hw, sc->mix, mw, n);
     be->hc_pre(be, sc->mix, scale, base, sc->H, n, h, d, (int)hp->hc_sinkhorn_iters, hp->hc_eps, sc->xin, sc->post,
                sc->comb);
+    be->rmsnorm(be, sc->xin, d, norm_w, sc->x, d, d, n, hp->rms_eps);
+}
+
+/* y_j = W_j · x for the matrices that read the same input (one fused op when the
+ * backend has it; the same values as one matmul each). */
+static void matmul_set(ds4_backend *be, int cnt, const ds4_tensor *const *W, float *const *y, const int64_t *ys,
+                       const float *x, int64_t xs, int n) {
+    if (be->matmul_multi && cnt > 1) {
+        be->matmul_multi(be, cnt, W, y, ys, x, xs, n);
+        return;
+    }
+    for (int j = 0; j < cnt; j++) be->matmul(be, W[j], 0, 0, W[j]->ne[1], x, xs, y[j], ys[j], n);
 }
 
 static void hc_apply(ds4_session *s, int n) {
@@ -45,18 +64,21 @@ static void hc_apply(ds4_session *s, int n) {
     sc->H2 = t;
 }
 
-/* One compressor step for position p (§7.5 / §12.2): store C and Z + ape in the ring;
- * when p closes window w, pool it into rows[w], normalise, rotate at w·R, and (prod)
- * apply the storage simulation. Returns true when a row was emitted. */
+/* One compressor step for position p (§7.5 / §12.2): store C and Z + ape in the ring
+ * (unless the fused qkv_rope op already did: stored), and when p closes window w, pool it
+ * into rows[w], normalise, rotate at w·R, and (prod) apply the storage simulation. */
 static void compressor_step(ds4_session *s, const float *proj, float *ring, int cap, const float *ape,
-                            int R, int coff, int64_t hd, const float *norm, float *rows, int64_t p, bool indexer) {
+                            int R, int coff, int64_t hd, const float *norm, float *rows, int64_t p, bool indexer,
+                            bool stored) {
     ds4_engine *e = s->e;
     ds4_backend *be = e->be;
     const ds4_hparams *hp = &e->model->hp;
     const int64_t cw = coff * hd, rw = 2 * cw;
-    float *row = ring + (p % cap) * rw;
-    be->copy(be, row, proj, (size_t)rw * sizeof(float));
-    be->axpy(be, row + cw, ape + (p % R) * cw, 1.0f, cw);
+    if (!stored) {
+        float *row = ring + (p % cap) * rw;
+        be->copy(be, row, proj, (size_t)rw * sizeof(float));
+        be->axpy(be, row + cw, ape + (p % R) * cw, 1.0f, cw);
+    }
     if ((p + 1) % R) return;
     const int64_t w = p / R;
     const float *cur = ring + ((w * R) % cap) * rw;
@@ -161,8 +183,12 @@ static void moe(ds4_session *s, int il, const int32_t *tok, int n) {
         }
     }
     /* shared expert, same clamp */
-    be->matmul(be, &L->gate_sh, 0, 0, (uint64_t)ff, sc->x, d, sc->g, ff, n);
-    be->matmul(be, &L->up_sh, 0, 0, (uint64_t)ff, sc->x, d, sc->u, ff, n);
+    {
+        const ds4_tensor *W[2] = {&L->gate_sh, &L->up_sh};
+        float *const y[2] = {sc->g, sc->u};
+        const int64_t ys[2] = {ff, ff};
+        matmul_set(be, 2, W, y, ys, sc->x, d, n);
+    }
     be->swiglu(be, sc->g, sc->u, sc->g, n * ff, clamp, 1.0f);
     be->matmul(be, &L->down_sh, 0, 0, (uint64_t)d, sc->g, ff, sc->dn, d, n);
     be->axpy(be, sc->y, sc->dn, 1.0f, n * d);
@@ -183,27 +209,42 @@ static void attention_layer(ds4_session *s, int il, int n) {
     const int64_t cw = (int64_t)L->coff * hd;
     const float *inv = R ? e->inv_freq_comp : e->inv_freq_main;
     const int64_t p0 = s->n_tokens;
-
-    hc_site(s, &L->hc_attn_fn, v->hc_attn_scale, v->hc_attn_base, n);
-    be->rmsnorm(be, sc->xin, d, v->attn_norm, sc->x, d, d, n, hp->rms_eps);
-    /* q low-rank path (§7.2) */
-    be->matmul(be, &L->q_a, 0, 0, (uint64_t)ql, sc->x, d, sc->qr, ql, n);
-    be->rmsnorm(be, sc->qr, ql, v->q_a_norm, sc->qr, ql, ql, n, hp->rms_eps);
-    be->matmul(be, &L->q_b, 0, 0, (uint64_t)qd, sc->qr, ql, sc->q, qd, n);
-    be->rmsnorm(be, sc->q, hd, NULL, sc->q, hd, hd, (int)(n * nh), hp->rms_eps);
-    /* shared K=V head (§7.3) */
-    be->matmul(be, &L->kv, 0, 0, (uint64_t)hd, sc->x, d, sc->kv, hd, n);
-    be->rmsnorm(be, sc->kv, hd, v->kv_norm, sc->kv, hd, hd, n, hp->rms_eps);
-    if (R) {
-        be->matmul(be, &L->c_kv, 0, 0, (uint64_t)cw, sc->x, d, sc->cproj, 2 * cw, n);
-        be->matmul(be, &L->c_gate, 0, 0, (uint64_t)cw, sc->x, d, sc->cproj + cw, 2 * cw, n);
-    }
     const bool csa = L->kind == DS4_ATTN_CSA;
-    if (csa) {
-        be->matmul(be, &L->i_kv, 0, 0, (uint64_t)(2 * ihd), sc->x, d, sc->iproj, 4 * ihd, n);
-        be->matmul(be, &L->i_gate, 0, 0, (uint64_t)(2 * ihd), sc->x, d, sc->iproj + 2 * ihd, 4 * ihd, n);
-        be->matmul(be, &L->i_q_b, 0, 0, (uint64_t)(inh * ihd), sc->qr, ql, sc->iq, inh * ihd, n);
-        be->matmul(be, &L->i_proj, 0, 0, (uint64_t)inh, sc->x, d, sc->iw, inh, n);
+    /* fused per-token chain (backend.h qkv_rope / attention_ex): the indexer query is
+     * rotated with `inv`, which for CSA layers (R != 0) is inv_freq_comp as below */
+    const bool fq = be->qkv_rope != NULL, fa = be->attention_ex != NULL;
+
+    hc_site(s, &L->hc_attn_fn, v->hc_attn_scale, v->hc_attn_base, v->attn_norm, n);
+    /* every projection of x (§7.2, §7.3, §7.5, §7.6): q low-rank A, the shared K=V head,
+     * the compressor and indexer projections */
+    {
+        const ds4_tensor *W[8];
+        float *y[8];
+        int64_t ys[8];
+        int cnt = 0;
+#define ADD(t, out, stride) (W[cnt] = (t), y[cnt] = (out), ys[cnt] = (stride), cnt++)
+        ADD(&L->q_a, sc->qr, ql);
+        ADD(&L->kv, sc->kv, hd);
+        if (R) {
+            ADD(&L->c_kv, sc->cproj, 2 * cw);
+            ADD(&L->c_gate, sc->cproj + cw, 2 * cw);
+        }
+        if (csa) {
+            ADD(&L->i_kv, sc->iproj, 4 * ihd);
+            ADD(&L->i_gate, sc->iproj + 2 * ihd, 4 * ihd);
+            ADD(&L->i_proj, sc->iw, inh);
+        }
+        matmul_set(be, cnt, W, y, ys, sc->x, d, n);
+        be->rmsnorm(be, sc->qr, ql, v->q_a_norm, sc->qr, ql, ql, n, hp->rms_eps);
+        cnt = 0;
+        ADD(&L->q_b, sc->q, qd);
+        if (csa) ADD(&L->i_q_b, sc->iq, inh * ihd);
+#undef ADD
+        matmul_set(be, cnt, W, y, ys, sc->qr, ql, n);
+    }
+    if (!fq) {
+        be->rmsnorm(be, sc->q, hd, NULL, sc->q, hd, hd, (int)(n * nh), hp->rms_eps);
+        be->rmsnorm(be, sc->kv, hd, v->kv_norm, sc->kv, hd, hd, n, hp->rms_eps);
     }
     const float idx_scale = (float)(1.0 / sqrt((double)ihd) * (1.0 / sqrt((double)inh)));
     const float att_scale = (float)(1.0 / sqrt((double)hd));
@@ -211,43 +252,76 @@ static void attention_layer(ds4_session *s, int il, int n) {
     for (int t = 0; t < n; t++) {
         const int64_t p = p0 + t;
         float *qt = sc->q + t * qd, *kvt = sc->kv + t * hd;
-        be->rope(be, qt, hd, (int)nh, hd, n_rot, p, inv, false);
-        be->rope(be, kvt, hd, 1, hd, n_rot, p, inv, false);
-        if (!e->exact) {
-            be->fp8_sim(be, kvt, hd, 1, hd - n_rot);
-            be->round_f16(be, kvt, hd);
+        const int n_vis = R ? (int)((p + 1) / R) : 0;
+        const bool sel = csa && n_vis > (int)hp->idx_topk; /* indexer top-k selection */
+        float *qi = sc->iq + t * inh * ihd;
+        if (fq) {
+            float *pd[2];
+            const float *ps[2], *pa[2];
+            int64_t pc[2];
+            int np = 0;
+            if (R) {
+                pd[np] = ls->cfr + (p % ls->cap_c) * 2 * cw, ps[np] = sc->cproj + t * 2 * cw;
+                pa[np] = v->c_ape + (p % R) * cw, pc[np] = cw, np++;
+            }
+            if (csa) {
+                pd[np] = ls->ifr + (p % ls->cap_c) * 4 * ihd, ps[np] = sc->iproj + t * 4 * ihd;
+                pa[np] = v->i_ape + (p % R) * 2 * ihd, pc[np] = 2 * ihd, np++;
+            }
+            be->qkv_rope(be, qt, (int)nh, kvt, v->kv_norm, hd, n_rot, p, inv, !e->exact, hp->rms_eps,
+                         ls->raw + (p % s->cap_raw) * hd, sel ? qi : NULL, (int)inh, ihd, np, pd, ps, pa, pc);
+        } else {
+            be->rope(be, qt, hd, (int)nh, hd, n_rot, p, inv, false);
+            be->rope(be, kvt, hd, 1, hd, n_rot, p, inv, false);
+            if (!e->exact) {
+                be->fp8_sim(be, kvt, hd, 1, hd - n_rot);
+                be->round_f16(be, kvt, hd);
+            }
+            be->copy(be, ls->raw + (p % s->cap_raw) * hd, kvt, (size_t)hd * sizeof(float));
         }
-        be->copy(be, ls->raw + (p % s->cap_raw) * hd, kvt, (size_t)hd * sizeof(float));
         if (R) {
             compressor_step(s, sc->cproj + t * 2 * cw, ls->cfr, ls->cap_c, v->c_ape, R, (int)L->coff, hd, v->c_norm,
-                            ls->comp, p, false);
+                            ls->comp, p, false, fq);
             if (csa)
                 compressor_step(s, sc->iproj + t * 4 * ihd, ls->ifr, ls->cap_c, v->i_ape, R, 2, ihd, v->i_norm,
-                                ls->icomp, p, true);
+                                ls->icomp, p, true, fq);
         }
         /* visible rows (§7.10) */
         int nraw = 0;
         for (int64_t k = p - (int64_t)hp->n_win + 1; k <= p; k++)
             if (k >= 0) sc->raw_idx[nraw++] = (int32_t)(k % s->cap_raw);
         int ncomp = 0;
-        const int n_vis = R ? (int)((p + 1) / R) : 0;
+        const int32_t *cidx = sc->comp_idx;
+        bool cdev = false;
         if (n_vis > 0) {
-            if (!csa || n_vis <= (int)hp->idx_topk) {
+            if (!sel) {
                 for (int c = 0; c < n_vis; c++) sc->comp_idx[c] = c;
                 ncomp = n_vis;
             } else {
-                float *qi = sc->iq + t * inh * ihd;
-                be->rope(be, qi, ihd, (int)inh, ihd, n_rot, p, e->inv_freq_comp, false);
-                if (!e->exact) be->hadamard_fp4_sim(be, qi, ihd, (int)inh, ihd);
+                if (!fq) {
+                    be->rope(be, qi, ihd, (int)inh, ihd, n_rot, p, e->inv_freq_comp, false);
+                    if (!e->exact) be->hadamard_fp4_sim(be, qi, ihd, (int)inh, ihd);
+                }
                 be->indexer_scores(be, qi, sc->iw + t * inh, idx_scale, (int)inh, ihd, ls->icomp, n_vis, sc->score);
                 ncomp = (int)hp->idx_topk;
-                be->topk(be, sc->score, n_vis, ncomp, sc->comp_idx);
+                if (be->topk_dev && fa) {
+                    be->topk_dev(be, sc->score, n_vis, ncomp, sc->comp_idx_dev);
+                    cidx = sc->comp_idx_dev;
+                    cdev = true;
+                } else {
+                    be->topk(be, sc->score, n_vis, ncomp, sc->comp_idx);
+                }
             }
         }
         float *ot = sc->ao + t * qd;
-        be->attention(be, qt, (int)nh, hd, ls->raw, sc->raw_idx, nraw, ls->comp, sc->comp_idx, ncomp, v->sinks,
-                      att_scale, ot);
-        be->rope(be, ot, hd, (int)nh, hd, n_rot, p, inv, true);
+        if (fa) {
+            be->attention_ex(be, qt, (int)nh, hd, ls->raw, sc->raw_idx, nraw, ls->comp, cidx, ncomp, cdev, v->sinks,
+                             att_scale, n_rot, p, inv, ot);
+        } else {
+            be->attention(be, qt, (int)nh, hd, ls->raw, sc->raw_idx, nraw, ls->comp, sc->comp_idx, ncomp, v->sinks,
+                          att_scale, ot);
+            be->rope(be, ot, hd, (int)nh, hd, n_rot, p, inv, true);
+        }
     }
     /* grouped output projection (§7.9) */
     const int64_t G = hp->n_out_group, ol = hp->o_lora_rank, gin = qd / G;
@@ -278,8 +352,7 @@ int ds4_forward_chunk(ds4_session *s, const int32_t *tok, int n, bool all_logits
     for (int il = 0; il < (int)hp->n_layer; il++) {
         attention_layer(s, il, n);
         const ds4_layer_vecs *v = &e->lv[il];
-        hc_site(s, &m->layers[il].hc_ffn_fn, v->hc_ffn_scale, v->hc_ffn_base, n);
-        be->rmsnorm(be, sc->xin, d, v->ffn_norm, sc->x, d, d, n, hp->rms_eps);
+        hc_site(s, &m->layers[il].hc_ffn_fn, v->hc_ffn_scale, v->hc_ffn_base, v->ffn_norm, n);
         moe(s, il, tok, n);
         hc_apply(s, n);
     }
