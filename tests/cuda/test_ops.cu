@@ -212,6 +212,14 @@ static void run(ds4_backend *C, ds4_backend *G, const char *mode) {
         G->indexer_scores(G, q.g, w.g, 0.01f, 64, 128, K.g, 1024, s.g);
         snprintf(name, sizeof name, "%s indexer_scores 64x128, 1024 keys", mode);
         check(name, s, 1e-4);
+        // odd shapes: heads beyond one 64-head pass, a dim not a multiple of 4, a partial key tile
+        Pair q2 = put(C, G, rvec(70 * 37)), w2 = put(C, G, rvec(70)), K2 = put(C, G, rvec(45 * 37));
+        Pair s2 = put(C, G, std::vector<float>(45, 0.f));
+        C->indexer_scores(C, q2.c, w2.c, 0.3f, 70, 37, K2.c, 45, s2.c);
+        G->indexer_scores(G, q2.g, w2.g, 0.3f, 70, 37, K2.g, 45, s2.g);
+        snprintf(name, sizeof name, "%s indexer_scores 70x37, 45 keys", mode);
+        check(name, s2, 1e-4);
+        for (Pair *p : {&q2, &w2, &K2, &s2}) drop(*p);
         std::vector<float> sv = rvec(1024);
         for (int i = 0; i < 1024; i += 3) sv[i] = 0.25f; // ties
         Pair t = put(C, G, sv);

@@ -612,26 +612,6 @@ __global__ void __launch_bounds__(kAttWarps * 32) k_attention(const float *q, in
     }
 }
 
-// Indexer scores: q [n_head][hd] in shared memory; one warp per key.
-__global__ void k_indexer(const float *q, const float *w, float scale, int n_head, int64_t hd, const float *keys,
-                          int n_keys, float *score) {
-    extern __shared__ float sq[];
-    for (int64_t i = threadIdx.x; i < (int64_t)n_head * hd; i += blockDim.x) sq[i] = q[i];
-    __syncthreads();
-    const int lane = threadIdx.x & 31, nw = blockDim.x >> 5;
-    for (int64_t k = (int64_t)blockIdx.x * nw + (threadIdx.x >> 5); k < n_keys; k += (int64_t)gridDim.x * nw) {
-        const float *K = keys + k * hd;
-        float s = 0;
-        for (int hh = 0; hh < n_head; hh++) {
-            float dt = 0;
-            for (int64_t i = lane; i < hd; i += 32) dt += sq[hh * hd + i] * K[i];
-            dt = warp_sum(dt);
-            if (dt > 0) s += w[hh] * dt;
-        }
-        if (lane == 0) score[k] = s * scale;
-    }
-}
-
 // FP8 (e4m3) simulation per 64-element block, one warp per block (two elements per lane):
 // amax = max(1e-4, max|v|) (a warp max: max is exact in any order, so the bits equal the
 // CPU's sequential loop), scale = pow2_ceil(amax / 448), v = round_e4m3(clamp(v / scale)) *
@@ -1226,13 +1206,7 @@ void cu_attention(ds4_backend *be, const float *q, int n_head, int64_t hd, const
 void cu_indexer_scores(ds4_backend *be, const float *q, const float *w, float scale, int n_head, int64_t hd,
                        const float *keys, int n_keys, float *score) {
     PROF(INDEXER_SCORES);
-    if (n_keys <= 0) return;
-    const size_t smem = (size_t)n_head * hd * sizeof(float);
-    if (smem > 48 * 1024) CK(cudaFuncSetAttribute(k_indexer, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-    int blocks = (n_keys + 7) / 8;
-    if (blocks > 264) blocks = 264;
-    k_indexer<<<blocks, 256, smem, IMPL(be)->st>>>(q, w, scale, n_head, hd, keys, n_keys, score);
-    CKL();
+    ds4cu_indexer_scores(be, q, w, scale, n_head, hd, keys, n_keys, score);
 }
 
 void cu_topk(ds4_backend *be, const float *score, int n, int k, int32_t *idx) {

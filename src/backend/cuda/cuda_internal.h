@@ -56,6 +56,9 @@ void ds4cu_qkv_rope(ds4_backend *be, float *q, int n_head, float *kv, const floa
                     int64_t pos, const float *inv_freq, bool prod, double eps, float *raw, float *iq, int iq_heads,
                     int64_t ihd, int n_put, float *const *put_dst, const float *const *put_src,
                     const float *const *put_ape, const int64_t *put_cw);
+// indexer.cu (the indexer_scores op itself, not a fused one)
+void ds4cu_indexer_scores(ds4_backend *be, const float *q, const float *w, float scale, int n_head, int64_t hd,
+                          const float *keys, int n_keys, float *score);
 // fused_mm.cu
 void ds4cu_matmul_multi(ds4_backend *be, int n, const ds4_tensor *const *W, float *const *y, const int64_t *ys,
                         const float *x, int64_t xs, int n_tok);
