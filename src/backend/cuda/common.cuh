@@ -73,6 +73,39 @@ __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commi
 template <int N>
 __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory"); }
 
+// Programmatic dependent launch (sm_90; see launch() below). A kernel launched with the
+// PDL attribute may start while the previous kernel of the stream is still running: it
+// must call pdl_wait() before its first access to memory that earlier work in the stream
+// writes (weights and constants may be read before). pdl_trigger() lets the next kernel
+// of the stream start launching (its blocks then sit in their own pdl_wait()); called
+// after pdl_wait() it keeps at most two kernels in flight. Both are no-ops for a kernel
+// launched without the attribute.
+__device__ __forceinline__ void pdl_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
+__device__ __forceinline__ void pdl_trigger() { asm volatile("griddepcontrol.launch_dependents;" ::: "memory"); }
+
+// Whether launch() asks for programmatic dependent launch (DS4_CUDA_NO_PDL=1: never).
+inline bool pdl_enabled() {
+    static const bool on = getenv("DS4_CUDA_NO_PDL") == nullptr;
+    return on;
+}
+
+// k<<<grid, block, smem, st>>>(args...) with the PDL attribute when enabled. Returns the
+// launch's error (as cudaGetLastError would).
+template <typename... KArgs, typename... Args>
+inline cudaError_t launch(void (*k)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t st, Args... args) {
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid;
+    cfg.blockDim = block;
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = st;
+    cudaLaunchAttribute at[1];
+    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    at[0].val.programmaticStreamSerializationAllowed = pdl_enabled() ? 1 : 0;
+    cfg.attrs = at;
+    cfg.numAttrs = 1;
+    return cudaLaunchKernelEx(&cfg, k, ((KArgs)args)...);
+}
+
 }  // namespace ds4cu
 
 #endif
