@@ -86,7 +86,7 @@ $(B)/%.o: %.c
 	$(CC) $(CFLAGS) -Iinclude -Isrc -c $< -o $@
 $(B)/%.cu.o: %.cu
 	@mkdir -p $(dir $@)
-	$(NVCC) -std=c++17 -O3 -arch=$(CUDA_ARCH) -Xcompiler -Wall,-Werror -Iinclude -Isrc -c $< -o $@
+	$(NVCC) -std=c++17 -O3 -arch=$(CUDA_ARCH) -MMD -MP -Xcompiler -Wall,-Werror -Iinclude -Isrc -c $< -o $@
 
 # The registry of test cases, regenerated when any test file changes.
 $(B)/test_registry.h: $(wildcard tests/unit/*.c)
@@ -196,4 +196,4 @@ deps:
 clean:
 	rm -rf build build-cuda build-asan build-fuzz build-pic $(BINS) ds4-server ds4-bench
 
--include $(shell find build build-cuda build-asan build-pic -name '*.d' 2>/dev/null)
+-include $(shell find $(sort build build-cuda build-asan build-pic $(B)) -name '*.d' 2>/dev/null)
