@@ -1,8 +1,9 @@
 // test_matvec.cu — the CUDA matvec kernels (src/backend/cuda/matvec.cu) against the CPU
 // scalar reference (src/model/quant.c: ds4_quantize_act_row, ds4_dot_q, ds4_dot_f32).
 //
-// Owns: `make cuda-test` (needs a GPU; CI only compiles it). Must not: compare the
-// GPU with itself; every expected value comes from quant.c.
+// Owns: `make cuda-test` (needs a GPU; CI only compiles it). Must not: take an expected
+// value from the GPU; every expected value comes from quant.c (the bit-identity checks
+// below compare two GPU paths that must agree, in addition to the CPU reference).
 //
 // What is checked, on random valid blocks (random bits with finite, moderate f16/f32
 // scales; every grid index, sign pattern and 4/6-bit scale is reachable), for every
@@ -17,6 +18,13 @@
 //  * ACT_F32 vs ds4_dot_f32: |gpu − ref| <= 2e-5·S, S = Σ_i |w_i·x_i|.
 //  * Batched ids (shared x and per-expert x, repeated ids), NaN rows for ids outside
 //    [0, n_mats), misaligned weights (byte-wise staging path), bad arguments.
+//  * Matrix lists (ds4_cuda_matvec_list: entries with different row counts, stacks with
+//    ids, misaligned entries), many selections with their own x (block-local activation
+//    loading), and the SwiGLU prologue (ds4_cuda_matvec_ids_swiglu) against the CPU as
+//    above. Besides, two invariants the engine relies on are checked bit for bit (GPU
+//    against GPU, not as expected values): a list launch gives each output exactly the
+//    value of a launch per entry, and the fused SwiGLU gives exactly the value of the
+//    swiglu op into memory followed by the plain matvec.
 // The output is poisoned (NaN) before every launch, so an unwritten element fails.
 #include <math.h>
 #include <stdarg.h>
@@ -371,6 +379,292 @@ static void test_batched(uint32_t type, int64_t n, int64_t k, int n_mats, bool p
     cudaFree(dxq);
 }
 
+// ---- matrix list, block-local activations, SwiGLU prologue -------------------------------
+
+// One list entry of a test: n_mats matrices of n rows; ids (empty: none, n_sel = n_mats
+// used in order); misalign: weight offset in bytes (a non-cp.async entry).
+struct LEnt {
+    int64_t n;
+    int n_mats;
+    std::vector<int32_t> ids;
+    int misalign;
+};
+
+// ds4_cuda_matvec_list over entries of one type sharing x: every row vs the CPU
+// reference (invalid ids: NaN rows), and bit-identical to the same matrices launched
+// one entry at a time (ds4_cuda_matvec / ds4_cuda_matvec_ids): the list mode must not
+// change a value, only the number of launches.
+static void test_list(uint32_t type, int64_t k, const std::vector<LEnt> &ents) {
+    const uint64_t rb = row_bytes(type, k);
+    const int ne = (int)ents.size();
+    std::vector<std::vector<uint8_t>> w(ne);
+    std::vector<uint8_t *> dwb(ne);
+    std::vector<float *> dy(ne), dy1(ne);
+    std::vector<int32_t *> dids(ne, nullptr);
+    std::vector<ds4_cuda_mv_entry> e(ne);
+    std::vector<float> x((size_t)k);
+    fill_x(x.data(), k);
+    const XQ xq = quantize_cpu(type, x.data(), k);
+    float *dx = dalloc<float>((size_t)k * 4);
+    CUDA_CHECK(cudaMemcpy(dx, x.data(), (size_t)k * 4, cudaMemcpyHostToDevice));
+    std::vector<int> nsel(ne);
+    for (int j = 0; j < ne; j++) {
+        const LEnt &L = ents[j];
+        const uint64_t mb = rb * (uint64_t)L.n;
+        w[j].resize(mb * L.n_mats);
+        for (int m = 0; m < L.n_mats; m++) fill_weights(type, w[j].data() + m * mb, L.n, k);
+        dwb[j] = dalloc<uint8_t>(w[j].size() + 64);
+        CUDA_CHECK(cudaMemcpy(dwb[j] + L.misalign, w[j].data(), w[j].size(), cudaMemcpyHostToDevice));
+        nsel[j] = L.ids.empty() ? L.n_mats : (int)L.ids.size();
+        if (!L.ids.empty()) {
+            dids[j] = dalloc<int32_t>(L.ids.size() * 4);
+            CUDA_CHECK(cudaMemcpy(dids[j], L.ids.data(), L.ids.size() * 4, cudaMemcpyHostToDevice));
+        }
+        dy[j] = dalloc<float>((size_t)(L.n * nsel[j]) * 4);
+        dy1[j] = dalloc<float>((size_t)(L.n * nsel[j]) * 4);
+        e[j].w = {type, dwb[j] + L.misalign, L.n, k, mb, L.n_mats};
+        e[j].ids = dids[j];
+        e[j].n_sel = nsel[j];
+        e[j].y = dy[j];
+    }
+    char err[256];
+    for (int quant = 1; quant >= 0; quant--) {
+        const ds4_cuda_act_mode mode = quant ? DS4_CUDA_ACT_QUANT : DS4_CUDA_ACT_F32;
+        for (int j = 0; j < ne; j++) {
+            poison(dy[j], (size_t)(ents[j].n * nsel[j]));
+            poison(dy1[j], (size_t)(ents[j].n * nsel[j]));
+        }
+        err[0] = 0;
+        int rc = ds4_cuda_matvec_list(e.data(), ne, dx, mode, nullptr, err, sizeof err);
+        for (int j = 0; j < ne && rc == 0; j++) {
+            ds4_cuda_qmat m1 = e[j].w;
+            if (!dids[j] && nsel[j] == 1) {
+                m1.n_mats = 1;
+                rc = ds4_cuda_matvec(&m1, dx, dy1[j], mode, nullptr, err, sizeof err);
+            } else {
+                rc = ds4_cuda_matvec_ids(&m1, dids[j], nsel[j], dx, 0, dy1[j], mode, nullptr, err, sizeof err);
+            }
+        }
+        CUDA_CHECK(cudaDeviceSynchronize());
+        int64_t bad = 0, nan_bad = 0, differ = 0;
+        double worst = 0;
+        for (int j = 0; j < ne; j++) {
+            const LEnt &L = ents[j];
+            const uint64_t mb = rb * (uint64_t)L.n;
+            std::vector<float> y((size_t)(L.n * nsel[j])), y1(y.size());
+            CUDA_CHECK(cudaMemcpy(y.data(), dy[j], y.size() * 4, cudaMemcpyDeviceToHost));
+            CUDA_CHECK(cudaMemcpy(y1.data(), dy1[j], y1.size() * 4, cudaMemcpyDeviceToHost));
+            for (size_t i = 0; i < y.size(); i++) differ += memcmp(&y[i], &y1[i], 4) != 0;
+            for (int s = 0; s < nsel[j]; s++) {
+                const int mat = L.ids.empty() ? s : L.ids[s];
+                if (mat < 0 || mat >= L.n_mats) {
+                    for (int64_t r = 0; r < L.n; r++) nan_bad += !isnan(y[(size_t)(s * L.n + r)]);
+                    continue;
+                }
+                Cmp c = compare_rows(type, w[j].data() + mat * mb, L.n, k, x.data(), xq.q.data(), xq.dq.data(), quant,
+                                     y.data() + s * L.n, 1);
+                bad += c.bad;
+                if (!(c.worst <= worst)) worst = c.worst;
+            }
+        }
+        report(rc == 0 && bad == 0 && nan_bad == 0 && differ == 0,
+               "list      %-7s k=%-6lld %-5s entries=%d: worst %.3g of tol, NaN rows bad %lld, %lld outputs differ from one launch per entry %s",
+               ds4_type_name(type), (long long)k, mode_name(quant), ne, worst, (long long)nan_bad, (long long)differ, err);
+    }
+    for (int j = 0; j < ne; j++) {
+        cudaFree(dwb[j]);
+        cudaFree(dy[j]);
+        cudaFree(dy1[j]);
+        if (dids[j]) cudaFree(dids[j]);
+    }
+    cudaFree(dx);
+}
+
+// Many selections with their own x and few row groups each, so a block's item range
+// spans several selections (block-local activation loading, including blocks that start
+// and end inside a selection): ACT_QUANT, ACT_F32 and pre-quantized, vs the CPU.
+static void test_own_x(uint32_t type, int64_t n, int64_t k, int n_mats, int n_sel, bool with_ids) {
+    const uint64_t rb = row_bytes(type, k), mb = rb * (uint64_t)n;
+    std::vector<uint8_t> w(mb * n_mats);
+    for (int m = 0; m < n_mats; m++) fill_weights(type, w.data() + m * mb, n, k);
+    std::vector<int32_t> ids((size_t)n_sel);
+    for (int s = 0; s < n_sel; s++) ids[(size_t)s] = with_ids ? (int32_t)(rng_u64() % (uint64_t)n_mats) : s;
+    std::vector<float> x((size_t)(k * n_sel));
+    for (int s = 0; s < n_sel; s++) fill_x(x.data() + s * k, k);
+    std::vector<XQ> xq;
+    for (int s = 0; s < n_sel; s++) xq.push_back(quantize_cpu(type, x.data() + s * k, k));
+    uint8_t *dw = dalloc<uint8_t>(w.size());
+    float *dx = dalloc<float>(x.size() * 4), *dy = dalloc<float>((size_t)(n * n_sel) * 4);
+    int32_t *dids = dalloc<int32_t>(ids.size() * 4);
+    CUDA_CHECK(cudaMemcpy(dw, w.data(), w.size(), cudaMemcpyHostToDevice));
+    CUDA_CHECK(cudaMemcpy(dx, x.data(), x.size() * 4, cudaMemcpyHostToDevice));
+    CUDA_CHECK(cudaMemcpy(dids, ids.data(), ids.size() * 4, cudaMemcpyHostToDevice));
+    const uint32_t at = ds4_vec_dot_type(type);
+    const uint64_t vb = row_bytes(at, k);
+    uint8_t *dxq = dalloc<uint8_t>(vb * n_sel);
+    ds4_cuda_qmat m = {type, dw, n, k, mb, n_mats};
+    std::vector<float> y((size_t)(n * n_sel));
+    char err[256];
+    for (int pass = 0; pass < 3; pass++) {  // 0: ACT_QUANT, 1: ACT_F32, 2: pre-quantized
+        const bool quant = pass != 1;
+        err[0] = 0;
+        poison(dy, y.size());
+        int rc = 0;
+        const int32_t *pid = with_ids ? dids : nullptr;
+        if (pass < 2) {
+            rc = ds4_cuda_matvec_ids(&m, pid, n_sel, dx, k, dy, quant ? DS4_CUDA_ACT_QUANT : DS4_CUDA_ACT_F32, nullptr, err, sizeof err);
+        } else {
+            if (at == DS4_TYPE_F32)
+                CUDA_CHECK(cudaMemcpy(dxq, dx, vb * n_sel, cudaMemcpyDeviceToDevice));
+            else
+                rc = ds4_cuda_quantize_act(at, dx, dxq, k, n_sel, nullptr, err, sizeof err);
+            if (!rc) rc = ds4_cuda_matvec_ids_q(&m, pid, n_sel, dxq, vb, dy, nullptr, err, sizeof err);
+        }
+        CUDA_CHECK(cudaDeviceSynchronize());
+        CUDA_CHECK(cudaMemcpy(y.data(), dy, y.size() * 4, cudaMemcpyDeviceToHost));
+        int64_t bad = 0;
+        double worst = 0;
+        for (int s = 0; s < n_sel; s++) {
+            Cmp c = compare_rows(type, w.data() + ids[(size_t)s] * mb, n, k, x.data() + s * k, xq[(size_t)s].q.data(),
+                                 xq[(size_t)s].dq.data(), quant, y.data() + s * n, 1);
+            bad += c.bad;
+            if (!(c.worst <= worst)) worst = c.worst;
+        }
+        report(rc == 0 && bad == 0, "own-x     %-7s n=%-6lld k=%-6lld %-5s sel=%d mats=%d ids=%d: worst %.3g of tol %s",
+               ds4_type_name(type), (long long)n, (long long)k, pass == 2 ? "preq" : mode_name(quant), n_sel, n_mats, with_ids ? 1 : 0,
+               worst, err);
+    }
+    cudaFree(dw);
+    cudaFree(dx);
+    cudaFree(dy);
+    cudaFree(dids);
+    cudaFree(dxq);
+}
+
+// The backend's swiglu op (cuda_backend.cu k_swiglu, restated here): the in-memory
+// vector the fused prologue must reproduce bit for bit.
+__global__ void test_swiglu_kernel(const float *g, const float *u, float *out, int64_t n, int64_t k, float limit,
+                                   const float *scale) {
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    const float gv = fminf(g[i], limit);
+    const float uv = fminf(fmaxf(u[i], -limit), limit);
+    const float silu = gv / (1.0f + expf(-gv));
+    out[i] = __fmul_rn(__fmul_rn(silu, uv), scale ? scale[i / k] : 1.0f);
+}
+
+static float swiglu_cpu(float g, float u, float limit, float scale) {
+    const float gv = fminf(g, limit);
+    const float uv = fminf(fmaxf(u, -limit), limit);
+    const float silu = gv / (1.0f + expf(-gv));
+    return (silu * uv) * scale;
+}
+
+// ds4_cuda_matvec_ids_swiglu (the routed experts' down projection with the SwiGLU in
+// its prologue). Three checks: (1) the swiglu values the GPU makes in memory agree with
+// the CPU formula to 8 ulp (libm's and CUDA's expf differ by up to 2 ulp, then
+// a division and two products round on each side); (2) the
+// fused result vs the CPU dots over exactly those values (2e-5·S as everywhere);
+// (3) fused == swiglu into memory + ds4_cuda_matvec_ids, bit for bit.
+static void test_swiglu(uint32_t type, int64_t n, int64_t k, int n_mats, int n_sel, bool scaled) {
+    const uint64_t rb = row_bytes(type, k), mb = rb * (uint64_t)n;
+    const float limit = 7.0f;
+    std::vector<uint8_t> w(mb * n_mats);
+    for (int m = 0; m < n_mats; m++) fill_weights(type, w.data() + m * mb, n, k);
+    std::vector<int32_t> ids((size_t)n_sel);
+    for (int s = 0; s < n_sel; s++) ids[(size_t)s] = (int32_t)(rng_u64() % (uint64_t)n_mats);
+    std::vector<float> g((size_t)(k * n_sel)), u(g.size()), sc((size_t)n_sel), xm(g.size());
+    for (size_t i = 0; i < g.size(); i++) {
+        g[i] = (float)(rng_normal() * 4);  // beyond the clamp at times
+        u[i] = (float)(rng_normal() * 4);
+    }
+    for (auto &v : sc) v = (float)(0.05 + rng_uniform());
+    uint8_t *dw = dalloc<uint8_t>(w.size());
+    float *dg = dalloc<float>(g.size() * 4), *du = dalloc<float>(g.size() * 4), *dsc = dalloc<float>(sc.size() * 4);
+    float *dxm = dalloc<float>(g.size() * 4), *dy = dalloc<float>((size_t)(n * n_sel) * 4), *dy1 = dalloc<float>((size_t)(n * n_sel) * 4);
+    int32_t *dids = dalloc<int32_t>(ids.size() * 4);
+    CUDA_CHECK(cudaMemcpy(dw, w.data(), w.size(), cudaMemcpyHostToDevice));
+    CUDA_CHECK(cudaMemcpy(dg, g.data(), g.size() * 4, cudaMemcpyHostToDevice));
+    CUDA_CHECK(cudaMemcpy(du, u.data(), u.size() * 4, cudaMemcpyHostToDevice));
+    CUDA_CHECK(cudaMemcpy(dsc, sc.data(), sc.size() * 4, cudaMemcpyHostToDevice));
+    CUDA_CHECK(cudaMemcpy(dids, ids.data(), ids.size() * 4, cudaMemcpyHostToDevice));
+    const float *pscale = scaled ? dsc : nullptr;
+    const int64_t tot = k * n_sel;
+    test_swiglu_kernel<<<(unsigned)((tot + 255) / 256), 256>>>(dg, du, dxm, tot, k, limit, pscale);
+    CUDA_CHECK(cudaGetLastError());
+    CUDA_CHECK(cudaMemcpy(xm.data(), dxm, xm.size() * 4, cudaMemcpyDeviceToHost));
+    int64_t ulp_bad = 0;
+    for (size_t i = 0; i < xm.size(); i++) {
+        const float ref = swiglu_cpu(g[i], u[i], limit, scaled ? sc[i / (size_t)k] : 1.0f);
+        if (!(fabsf(xm[i] - ref) <= 8 * 1.2e-7f * fabsf(ref) + 1e-30f)) ulp_bad++;
+    }
+    std::vector<XQ> xq;
+    for (int s = 0; s < n_sel; s++) xq.push_back(quantize_cpu(type, xm.data() + s * k, k));
+    ds4_cuda_qmat m = {type, dw, n, k, mb, n_mats};
+    std::vector<float> y((size_t)(n * n_sel)), y1(y.size());
+    char err[256];
+    for (int quant = 1; quant >= 0; quant--) {
+        const ds4_cuda_act_mode mode = quant ? DS4_CUDA_ACT_QUANT : DS4_CUDA_ACT_F32;
+        err[0] = 0;
+        poison(dy, y.size());
+        poison(dy1, y.size());
+        int rc = ds4_cuda_matvec_ids_swiglu(&m, dids, n_sel, dg, du, pscale, limit, dy, mode, nullptr, err, sizeof err);
+        if (!rc) rc = ds4_cuda_matvec_ids(&m, dids, n_sel, dxm, k, dy1, mode, nullptr, err, sizeof err);
+        CUDA_CHECK(cudaDeviceSynchronize());
+        CUDA_CHECK(cudaMemcpy(y.data(), dy, y.size() * 4, cudaMemcpyDeviceToHost));
+        CUDA_CHECK(cudaMemcpy(y1.data(), dy1, y1.size() * 4, cudaMemcpyDeviceToHost));
+        int64_t bad = 0, differ = 0;
+        double worst = 0;
+        for (size_t i = 0; i < y.size(); i++) differ += memcmp(&y[i], &y1[i], 4) != 0;
+        for (int s = 0; s < n_sel; s++) {
+            Cmp c = compare_rows(type, w.data() + ids[(size_t)s] * mb, n, k, xm.data() + s * k, xq[(size_t)s].q.data(),
+                                 xq[(size_t)s].dq.data(), quant, y.data() + s * n, 1);
+            bad += c.bad;
+            if (!(c.worst <= worst)) worst = c.worst;
+        }
+        report(rc == 0 && bad == 0 && differ == 0 && ulp_bad == 0,
+               "swiglu    %-7s n=%-6lld k=%-6lld %-5s sel=%d scale=%d: worst %.3g of tol, %lld differ from swiglu+matvec, %lld swiglu values off %s",
+               ds4_type_name(type), (long long)n, (long long)k, mode_name(quant), n_sel, scaled ? 1 : 0, worst, (long long)differ,
+               (long long)ulp_bad, err);
+    }
+    for (void *p : {(void *)dw, (void *)dg, (void *)du, (void *)dsc, (void *)dxm, (void *)dy, (void *)dy1, (void *)dids}) cudaFree(p);
+}
+
+static void test_list_bad_args() {
+    char err[256];
+    float *dx = dalloc<float>(4096 * 4), *dy = dalloc<float>(4096 * 4);
+    uint8_t *dw = dalloc<uint8_t>(1 << 16);
+    ds4_cuda_mv_entry e[3];
+    for (auto &en : e) {
+        en.w = {DS4_TYPE_Q8_0, dw, 4, 64, 0, 1};
+        en.ids = nullptr;
+        en.n_sel = 1;
+        en.y = dy;
+    }
+    int rc = ds4_cuda_matvec_list(e, 0, dx, DS4_CUDA_ACT_QUANT, nullptr, err, sizeof err);
+    report(rc == DS4_ERR_ARG, "bad args: list of 0 entries -> %d (%s)", rc, err);
+    e[1].w.type = DS4_TYPE_F16;
+    e[1].w.k = 64;
+    rc = ds4_cuda_matvec_list(e, 3, dx, DS4_CUDA_ACT_QUANT, nullptr, err, sizeof err);
+    report(rc == DS4_ERR_ARG, "bad args: list mixing Q8_0 and F16 -> %d (%s)", rc, err);
+    e[1].w.type = DS4_TYPE_Q8_0;
+    e[1].w.k = 96;
+    rc = ds4_cuda_matvec_list(e, 3, dx, DS4_CUDA_ACT_QUANT, nullptr, err, sizeof err);
+    report(rc == DS4_ERR_ARG, "bad args: list with different k -> %d (%s)", rc, err);
+    e[1].w.k = 64;
+    e[2].ids = (const int32_t *)dx;
+    e[2].n_sel = 63;  // 65 selections in all
+    rc = ds4_cuda_matvec_list(e, 3, dx, DS4_CUDA_ACT_QUANT, nullptr, err, sizeof err);
+    report(rc == DS4_ERR_ARG, "bad args: list of 65 selections -> %d (%s)", rc, err);
+    ds4_cuda_qmat m = {DS4_TYPE_Q8_0, dw, 4, 64, 0, 1};
+    rc = ds4_cuda_matvec_ids_swiglu(&m, nullptr, 1, dx, nullptr, nullptr, 1.0f, dy, DS4_CUDA_ACT_QUANT, nullptr, err, sizeof err);
+    report(rc == DS4_ERR_ARG, "bad args: swiglu without u -> %d (%s)", rc, err);
+    CUDA_CHECK(cudaDeviceSynchronize());
+    cudaFree(dx);
+    cudaFree(dy);
+    cudaFree(dw);
+}
+
 static void test_bad_args() {
     char err[256];
     float *dx = dalloc<float>(4096 * 4), *dy = dalloc<float>(4096 * 4);
@@ -500,6 +794,41 @@ int main(int argc, char **argv) {
     test_batched(DS4_TYPE_Q4_K, 4096, 2048, 32, true, false);
     test_batched(DS4_TYPE_Q8_0, 2048, 4096, 8, false, true);
     test_batched(DS4_TYPE_F16, 300, 1024, 8, true, false);
+
+    // matrix lists sharing x: rows per tile differ per entry (n 1, 3, 37, 300 at
+    // k = 1024: R 1..4), a stack entry with repeated and invalid ids, and a misaligned
+    // entry (its own launch)
+    test_list_bad_args();
+    test_list(DS4_TYPE_Q8_0, 1024, {{1, 1, {}, 0}, {3, 1, {}, 0}, {300, 1, {}, 0}, {37, 5, {4, 0, 4, 9, -1}, 0}, {64, 1, {}, 2}});
+    // decode's attention input: q_a + kv (Q8_0), compressor + indexer projections (F16)
+    test_list(DS4_TYPE_Q8_0, 4096, {{1024, 1, {}, 0}, {512, 1, {}, 0}});
+    test_list(DS4_TYPE_F16, 4096, {{1024, 1, {}, 0}, {1024, 1, {}, 0}, {256, 1, {}, 0}, {256, 1, {}, 0}, {64, 1, {}, 0}});
+    // the routed experts' gate and up stacks in one launch (MoE decode)
+    test_list(DS4_TYPE_IQ2_XXS, 4096, {{2048, 16, {3, 7, 11, 0, 15, 7}, 0}, {2048, 16, {3, 7, 11, 0, 15, 7}, 0}});
+    // long rows: Q8_0 chunks differ between 16-byte-aligned and misaligned weights (128
+    // vs 135 blocks), so the misaligned entry must keep its own chunking
+    test_list(DS4_TYPE_Q8_0, 8192, {{64, 1, {}, 0}, {33, 1, {}, 2}, {5, 1, {}, 0}});
+    test_list(DS4_TYPE_Q4_K, 4096, {{300, 8, {1, 5}, 0}, {7, 8, {5, 1}, 0}});
+    test_list(DS4_TYPE_Q2_K, 2048, {{5, 1, {}, 0}, {70, 1, {}, 4}, {33, 1, {}, 0}});
+    test_list(DS4_TYPE_F16, 7, {{3, 1, {}, 0}, {40, 1, {}, 0}});
+    test_list(DS4_TYPE_F32, 4100, {{5, 1, {}, 0}, {2, 1, {}, 0}});
+    // one x per selection, block-local loading: o_a (8 groups of 1024 rows, own x), the
+    // routed down projections, and many small selections spanning block boundaries
+    test_own_x(DS4_TYPE_Q8_0, 1024, 4096, 8, 8, false);
+    test_own_x(DS4_TYPE_Q2_K, 4096, 2048, 32, 6, true);
+    test_own_x(DS4_TYPE_Q8_0, 3, 4096, 64, 64, true);
+    test_own_x(DS4_TYPE_Q2_K, 5, 2048, 40, 40, false);
+    test_own_x(DS4_TYPE_IQ2_XXS, 9, 1280, 8, 37, true);
+    test_own_x(DS4_TYPE_Q4_K, 130, 256, 8, 23, true);
+    test_own_x(DS4_TYPE_F16, 7, 1000, 4, 33, true);
+    test_own_x(DS4_TYPE_F32, 2, 5, 3, 50, true);
+    // the down projection with the SwiGLU prologue (production: routing weight scale)
+    test_swiglu(DS4_TYPE_Q2_K, 4096, 2048, 32, 6, true);
+    test_swiglu(DS4_TYPE_Q2_K, 4096, 2048, 32, 6, false);
+    test_swiglu(DS4_TYPE_Q4_K, 300, 2048, 8, 6, true);
+    test_swiglu(DS4_TYPE_Q8_0, 64, 64, 8, 6, true);
+    test_swiglu(DS4_TYPE_Q8_0, 3, 96, 4, 40, true);
+    test_swiglu(DS4_TYPE_F16, 33, 64, 8, 6, true);
 
     printf("%d passed, %d failed\n", g_pass, g_fail);
     return g_fail ? 1 : 0;

@@ -1024,11 +1024,29 @@ void cu_moe_routed(ds4_backend *be, const float *lg, const float *bias, const in
     for (int t = 0; t < n; t++) {
         const int32_t *ids = im->d_sel + t * k;
         const float *w = im->d_selw + t * k;
-        mv_check(ds4_cuda_matvec_ids(&qg, ids, k, x + t * d, 0, im->d_g, mode, im->st, err, sizeof err), err);
-        mv_check(ds4_cuda_matvec_ids(&qu, ids, k, x + t * d, 0, im->d_u, mode, im->st, err, sizeof err), err);
-        k_swiglu_w<<<nblk(ff * k, 256), 256, 0, im->st>>>(im->d_g, im->d_u, ff, k, clamp, exact ? NULL : w);
-        CKL();
-        mv_check(ds4_cuda_matvec_ids(&qd, ids, k, im->d_g, ff, im->d_dn, mode, im->st, err, sizeof err), err);
+        const float *xt = x + (int64_t)t * d;
+        // gate and up of the k experts: one launch (two stacks, one x quantised once)
+        int rc = DS4_ERR_UNSUPPORTED;
+        if (2 * k <= 64) {
+            const ds4_cuda_mv_entry gu[2] = {{qg, ids, k, im->d_g}, {qu, ids, k, im->d_u}};
+            rc = ds4_cuda_matvec_list(gu, 2, xt, mode, im->st, err, sizeof err);
+        }
+        if (rc == DS4_ERR_UNSUPPORTED) {
+            mv_check(ds4_cuda_matvec_ids(&qg, ids, k, xt, 0, im->d_g, mode, im->st, err, sizeof err), err);
+            mv_check(ds4_cuda_matvec_ids(&qu, ids, k, xt, 0, im->d_u, mode, im->st, err, sizeof err), err);
+        } else {
+            mv_check(rc, err);
+        }
+        // down with swiglu(g, u) (· w in production) made in its activation prologue: the
+        // values k_swiglu_w would store, so the same as the generic swiglu + matmul
+        rc = ds4_cuda_matvec_ids_swiglu(&qd, ids, k, im->d_g, im->d_u, exact ? NULL : w, clamp, im->d_dn, mode, im->st, err,
+                                        sizeof err);
+        if (rc == DS4_ERR_UNSUPPORTED) {
+            k_swiglu_w<<<nblk(ff * k, 256), 256, 0, im->st>>>(im->d_g, im->d_u, ff, k, clamp, exact ? NULL : w);
+            CKL();
+            rc = ds4_cuda_matvec_ids(&qd, ids, k, im->d_g, ff, im->d_dn, mode, im->st, err, sizeof err);
+        }
+        mv_check(rc, err);
         k_moe_acc<<<nblk(d, 256), 256, 0, im->st>>>(y + t * d, im->d_dn, d, k, exact ? w : NULL);
         CKL();
     }

@@ -1,7 +1,8 @@
 /* cuda_matvec.h — C view of the CUDA quantized matrix-vector kernels (matvec.cu).
  *
- * Owns: y = W·x for one weight matrix or for several matrices of one 3-D tensor picked
- * by an index list (the routed experts of a token), for weights stored exactly as in the
+ * Owns: y = W·x for one weight matrix, for several matrices of one 3-D tensor picked
+ * by an index list (the routed experts of a token), or for a list of such entries that
+ * share x (one launch for all the projections of one input), for weights stored exactly as in the
  * GGUF file (GGML block layouts F32, F16, Q8_0, Q2_K, Q4_K, IQ2_XXS; no repacking), and
  * the on-device activation quantizer (f32 -> Q8_0 / Q8_K, MODEL.md §20.7).
  * Must not: allocate device memory, synchronize the stream, or know about model
@@ -82,6 +83,39 @@ int ds4_cuda_matvec_ids(const ds4_cuda_qmat *w, const int32_t *ids, int n_sel, c
 int ds4_cuda_matvec_ids_q(const ds4_cuda_qmat *w, const int32_t *ids, int n_sel, const void *xq,
                           uint64_t xq_stride, float *y, struct CUstream_st *stream, char *err,
                           size_t errlen);
+
+/* Matrix list (several matrices that read the same x, e.g. the attention-input
+ * projections of one token): entry j holds n_sel matrices of the stack w (matrix ids[e],
+ * ids device int32 [n_sel] or NULL for e; an invalid id gives NaN rows as above) with
+ * outputs y[e*w.n + r] (device f32 [n_sel][w.n]). */
+#define DS4_CUDA_MV_MAX_ENTRIES 16
+typedef struct {
+    ds4_cuda_qmat w;
+    const int32_t *ids;
+    int32_t n_sel;
+    float *y;
+} ds4_cuda_mv_entry;
+
+/* y_j[e*n_j + r] = Σ_i W_j[ids_j[e]][r][i] · x[i] for every entry j < n_entries
+ * (1..DS4_CUDA_MV_MAX_ENTRIES), e < n_sel_j (Σ n_sel <= 64), x device f32 [k] shared by
+ * all. Every entry has the same type and k. One launch (two when some entries' data or
+ * strides are not 16-byte aligned and others are), with x quantized once per block.
+ * Each output is bit-identical to what ds4_cuda_matvec / ds4_cuda_matvec_ids give for
+ * that matrix alone: the tile geometry is chosen per matrix by the same rule (rows per
+ * tile from n and the row size, chunks of long rows from type, k and alignment) and the
+ * activation quantization is the same. */
+int ds4_cuda_matvec_list(const ds4_cuda_mv_entry *e, int n_entries, const float *x, ds4_cuda_act_mode mode,
+                         struct CUstream_st *stream, char *err, size_t errlen);
+
+/* The routed experts' down projection with the SwiGLU in its activation prologue:
+ *   x_e[i] = swiglu(g[e*k + i], u[e*k + i]) · (scale ? scale[e] : 1), i < k = w->k,
+ * swiglu(g, u) = silu(min(g, limit)) · clamp(u, −limit, limit) with exactly the f32
+ * operations of the backend's swiglu op (cuda_backend.cu), then as ds4_cuda_matvec_ids
+ * with x_stride = k over the x_e: bit-identical to running that op into memory and then
+ * ds4_cuda_matvec_ids. g, u: device f32 [n_sel][k]; scale: device f32 [n_sel] or NULL. */
+int ds4_cuda_matvec_ids_swiglu(const ds4_cuda_qmat *w, const int32_t *ids, int n_sel, const float *g, const float *u,
+                               const float *scale, float limit, float *y, ds4_cuda_act_mode mode,
+                               struct CUstream_st *stream, char *err, size_t errlen);
 
 /* Quantize nvec activation vectors x[v*k .. v*k+k) (device f32) into xq (device), each
  * vector ds4_type_row_bytes(act_type, k) bytes, in the GGML block layout, bit-identical

@@ -67,29 +67,49 @@ constexpr WGeom kGeom[WK_COUNT] = {
     {1, 4, 4}, {1, 2, 8}, {32, 34, 32}, {256, 84, 64}, {256, 144, 32}, {256, 66, 32}, {1, 4, 1}, {1, 2, 1},
 };
 
-// Activation sources for the block prologue.
-enum ActSrc { SRC_F32 = 0, SRC_QUANT = 1, SRC_PREQ = 2 };
+// Activation sources for the block prologue. SRC_SWIGLU: the vector is computed from
+// two f32 vectors as the backend's swiglu op (the routed experts' down projection).
+enum ActSrc { SRC_F32 = 0, SRC_QUANT = 1, SRC_PREQ = 2, SRC_SWIGLU = 3 };
+
+constexpr int kMaxEntries = 16;  // matrix-list entries per launch (DS4_CUDA_MV_MAX_ENTRIES)
+
+// One entry of the matrix list: n_sel matrices of one stack. Work items (row groups) are
+// numbered entry by entry; selections too (gsel = sel0 + e indexes the shared-memory
+// matrix list and, with one x per selection, the activation vectors).
+struct MvEntry {
+    const uint8_t *w;     // matrix 0, row 0
+    uint64_t mat_stride;  // bytes between matrices (0: one matrix)
+    const int32_t *ids;   // [n_sel] device, or NULL (matrix e)
+    float *y;             // [n_sel][n]
+    int n_mats, n_sel;
+    int n;                // rows per matrix
+    int log2R;            // rows per tile R = 1 << log2R (the single-matrix rule for n)
+    uint32_t n_rg;        // row groups per matrix = ceil(n / R)
+    uint32_t item0;       // first work item of this entry
+    int sel0;             // first selection of this entry
+};
 
 struct MvParams {
-    const uint8_t *w;        // matrix 0, row 0
-    uint64_t mat_stride;     // bytes between matrices
-    uint64_t row_bytes;      // bytes of one row
-    const int32_t *ids;      // [n_sel] or NULL (matrix e)
-    int n_mats, n_sel;
-    const uint8_t *x;        // activation base (f32 or GGML blocks)
-    uint64_t x_stride;       // bytes between activation vectors
-    int n_x;                 // distinct activation vectors (1 or n_sel)
-    int act_src;             // ActSrc
-    float *y;                // [n_sel][n]
-    int64_t n, k;
-    int R, log2R;            // rows per tile
+    MvEntry e[kMaxEntries];
+    int n_ent;
+    int n_sel;               // selections over all entries (<= kMaxSel)
+    uint32_t n_items;        // row groups over all entries (< 2^31)
+    uint64_t row_bytes;      // bytes of one row (every entry: same type and k)
+    int64_t k;
     int nch;                 // chunks per row (R == 1 when > 1)
     int chunk_units;         // units in a full chunk
     int units_row;           // units in a row
     uint32_t chunk_bytes;    // bytes in a full chunk
-    int64_t n_rg;            // row groups per matrix = ceil(n / R)
-    int64_t n_items;         // n_sel * n_rg
-    int fast;                // cp.async staging allowed
+    int fast;                // cp.async staging allowed (every entry 16-byte aligned)
+    const uint8_t *x;        // activation base (f32 or GGML blocks; SRC_SWIGLU: gate values)
+    uint64_t x_stride;       // bytes between activation vectors
+    int n_x;                 // distinct activation vectors (1, or n_sel with one entry)
+    int act_src;             // ActSrc
+    const uint8_t *xu;       // SRC_SWIGLU: up values, same layout as x
+    const float *xw;         // SRC_SWIGLU: scale per vector [n_x], or NULL (1)
+    float limit;             // SRC_SWIGLU: clamp
+    uint32_t ipb;            // > 0: block b owns items [b·ipb, (b+1)·ipb) and loads only
+                             // their activation vectors; 0: warps stride over all items
     uint32_t off_x;          // smem: activation vectors
     uint32_t xs_bytes;       // smem bytes per activation vector
     uint32_t xs_off_d;       // within a vector: f32 scales
@@ -474,34 +494,78 @@ __device__ __forceinline__ void copy_words(uint32_t *dst, const uint32_t *src, i
     }
 }
 
-// Builds the shared-memory activation vectors. Every path issues its global loads in
-// batches (several steps' loads before the first use): this prologue is a fixed cost of
-// every launch, and x is usually a fresh output of the previous kernel.
+// The backend's swiglu op on one element (cuda_backend.cu k_swiglu: the same f32
+// operations, so a vector made here equals the one that op writes to memory).
+__device__ __forceinline__ float swiglu_val(float g, float u, float limit, float scale) {
+    const float gv = fminf(g, limit);
+    const float uv = fminf(fmaxf(u, -limit), limit);
+    const float silu = gv / (1.0f + expf(-gv));
+    return __fmul_rn(__fmul_rn(silu, uv), scale);
+}
+
+// dst[i] = swiglu_val(g[i], u[i]) for i < n, loads batched as in copy_words.
+__device__ __forceinline__ void swiglu_words(float *dst, const float *g, const float *u, float limit, float scale,
+                                             int64_t n, int tid, int nthr) {
+    for (int64_t base = tid; base < n; base += 8 * (int64_t)nthr) {
+        float a[8], c[8];
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            const int64_t i = base + (int64_t)j * nthr;
+            a[j] = i < n ? g[i] : 0.0f;
+            c[j] = i < n ? u[i] : 0.0f;
+        }
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            const int64_t i = base + (int64_t)j * nthr;
+            if (i < n) dst[i] = swiglu_val(a[j], c[j], limit, scale);
+        }
+    }
+}
+
+// Builds the shared-memory activation vectors v0 .. v0+nv-1 (of P.n_x) into slots
+// 0 .. nv-1. Every path issues its global loads in batches (several steps' loads before
+// the first use): this prologue is a fixed cost of every launch, and x is usually a
+// fresh output of the previous kernel. A vector's content depends only on its source
+// values, never on which block builds it or with which others.
 template <int WK, bool XQ>
-__device__ void load_activations(const MvParams &P, uint8_t *xs_base, int tid, int nthr) {
+__device__ void load_activations(const MvParams &P, uint8_t *xs_base, int v0, int nv, int tid, int nthr) {
     const int64_t k = P.k;
     const int warp = tid >> 5, lane = tid & 31, nwarps = nthr >> 5;
+    const bool sw = P.act_src == SRC_SWIGLU;
     if constexpr (!XQ) {
         // f32 values (exact mode and float weights): SRC_F32 / SRC_PREQ are the same data.
-        for (int v = 0; v < P.n_x; v++)
-            copy_words((uint32_t *)(xs_base + (uint64_t)v * P.xs_bytes), (const uint32_t *)(P.x + (uint64_t)v * P.x_stride), k,
-                       tid, nthr);
+        for (int v = 0; v < nv; v++) {
+            const uint64_t off = (uint64_t)(v0 + v) * P.x_stride;
+            float *dst = (float *)(xs_base + (uint64_t)v * P.xs_bytes);
+            if (sw)
+                swiglu_words(dst, (const float *)(P.x + off), (const float *)(P.xu + off), P.limit,
+                             P.xw ? P.xw[v0 + v] : 1.0f, k, tid, nthr);
+            else
+                copy_words((uint32_t *)dst, (const uint32_t *)(P.x + off), k, tid, nthr);
+        }
     } else if constexpr (WK == WK_Q8_0) {
         const int64_t nb = k / 32;
-        if (P.act_src == SRC_QUANT) {
+        if (P.act_src != SRC_PREQ) {
             // A warp quantizes 4 blocks (128 values) per step, 4 steps per batch.
-            const int64_t steps = (nb + 3) / 4, total = P.n_x * steps;
+            const int64_t steps = (nb + 3) / 4, total = (int64_t)nv * steps;
             for (int64_t st0 = warp; st0 < total; st0 += 4 * (int64_t)nwarps) {
-                float vals[4][4];
+                float vals[4][4], uv[4][4], sc[4];
 #pragma unroll
                 for (int j = 0; j < 4; j++) {
                     const int64_t st = st0 + (int64_t)j * nwarps;
                     const int v = (int)(st / steps);
                     const int64_t b = (st % steps) * 4 + (lane >> 3);
                     const bool ok = st < total && b < nb;
-                    const float *src = (const float *)(P.x + (uint64_t)v * P.x_stride) + 32 * b + 4 * (lane & 7);
+                    const uint64_t off = (uint64_t)(v0 + v) * P.x_stride + 4 * (uint64_t)(32 * b + 4 * (lane & 7));
+                    const float *src = (const float *)(P.x + off);
 #pragma unroll
                     for (int i = 0; i < 4; i++) vals[j][i] = ok ? src[i] : 0.0f;
+                    if (sw) {
+                        const float *usrc = (const float *)(P.xu + off);
+#pragma unroll
+                        for (int i = 0; i < 4; i++) uv[j][i] = ok ? usrc[i] : 0.0f;
+                        sc[j] = ok && P.xw ? P.xw[v0 + v] : 1.0f;
+                    }
                 }
 #pragma unroll
                 for (int j = 0; j < 4; j++) {
@@ -509,6 +573,10 @@ __device__ void load_activations(const MvParams &P, uint8_t *xs_base, int tid, i
                     if (st >= total) break;  // warp-uniform
                     const int v = (int)(st / steps);
                     const int64_t b = (st % steps) * 4 + (lane >> 3);
+                    if (sw) {
+#pragma unroll
+                        for (int i = 0; i < 4; i++) vals[j][i] = swiglu_val(vals[j][i], uv[j][i], P.limit, sc[j]);
+                    }
                     float d;
                     const uint32_t q = q8_0_quant_lane(vals[j], &d);
                     if (b < nb) {
@@ -520,7 +588,7 @@ __device__ void load_activations(const MvParams &P, uint8_t *xs_base, int tid, i
                 }
             }
         } else {  // SRC_PREQ: GGML Q8_0 blocks (34 bytes, 2-byte aligned), 17 u16 each
-            const int64_t per = nb * 17, total = P.n_x * per;
+            const int64_t per = nb * 17, total = (int64_t)nv * per;
             for (int64_t base = tid; base < total; base += 8 * (int64_t)nthr) {
                 uint16_t val[8];
 #pragma unroll
@@ -528,7 +596,7 @@ __device__ void load_activations(const MvParams &P, uint8_t *xs_base, int tid, i
                     const int64_t i = base + (int64_t)j * nthr;
                     const int v = (int)(i / per);
                     const int64_t r = i % per;
-                    val[j] = i < total ? *(const uint16_t *)(P.x + (uint64_t)v * P.x_stride + 2 * r) : (uint16_t)0;
+                    val[j] = i < total ? *(const uint16_t *)(P.x + (uint64_t)(v0 + v) * P.x_stride + 2 * r) : (uint16_t)0;
                 }
 #pragma unroll
                 for (int j = 0; j < 8; j++) {
@@ -546,19 +614,26 @@ __device__ void load_activations(const MvParams &P, uint8_t *xs_base, int tid, i
         }
     } else {  // Q8_K activations for Q2_K / Q4_K / IQ2_XXS
         const int64_t nb = k / 256;
-        if (P.act_src == SRC_QUANT) {
-            const int64_t total = P.n_x * nb;  // one warp per block, 2 blocks per batch
+        if (P.act_src != SRC_PREQ) {
+            const int64_t total = (int64_t)nv * nb;  // one warp per block, 2 blocks per batch
             for (int64_t st0 = warp; st0 < total; st0 += 2 * (int64_t)nwarps) {
-                float vals[2][8];
+                float vals[2][8], uv[2][8], sc[2];
 #pragma unroll
                 for (int j = 0; j < 2; j++) {
                     const int64_t st = st0 + (int64_t)j * nwarps;
                     const bool ok = st < total;
                     const int v = (int)(st / nb);
                     const int64_t b = st % nb;
-                    const float *src = (const float *)(P.x + (uint64_t)v * P.x_stride) + 256 * b + 8 * lane;
+                    const uint64_t off = (uint64_t)(v0 + v) * P.x_stride + 4 * (uint64_t)(256 * b + 8 * lane);
+                    const float *src = (const float *)(P.x + off);
 #pragma unroll
                     for (int i = 0; i < 8; i++) vals[j][i] = ok ? src[i] : 0.0f;
+                    if (sw) {
+                        const float *usrc = (const float *)(P.xu + off);
+#pragma unroll
+                        for (int i = 0; i < 8; i++) uv[j][i] = ok ? usrc[i] : 0.0f;
+                        sc[j] = ok && P.xw ? P.xw[v0 + v] : 1.0f;
+                    }
                 }
 #pragma unroll
                 for (int j = 0; j < 2; j++) {
@@ -566,6 +641,10 @@ __device__ void load_activations(const MvParams &P, uint8_t *xs_base, int tid, i
                     if (st >= total) break;  // warp-uniform
                     const int v = (int)(st / nb);
                     const int64_t b = st % nb;
+                    if (sw) {
+#pragma unroll
+                        for (int i = 0; i < 8; i++) vals[j][i] = swiglu_val(vals[j][i], uv[j][i], P.limit, sc[j]);
+                    }
                     const Q8KLane r = q8_k_quant_lane(vals[j], lane);
                     uint8_t *xs = xs_base + (uint64_t)v * P.xs_bytes;
                     *(uint2 *)(xs + 256 * b + 8 * lane) = make_uint2(r.qlo, r.qhi);
@@ -574,7 +653,7 @@ __device__ void load_activations(const MvParams &P, uint8_t *xs_base, int tid, i
                 }
             }
         } else {  // SRC_PREQ: GGML Q8_K blocks (292 bytes, 4-byte aligned), 73 words each
-            const int64_t per = nb * 73, total = P.n_x * per;
+            const int64_t per = nb * 73, total = (int64_t)nv * per;
             for (int64_t base = tid; base < total; base += 8 * (int64_t)nthr) {
                 uint32_t val[8];
 #pragma unroll
@@ -582,7 +661,7 @@ __device__ void load_activations(const MvParams &P, uint8_t *xs_base, int tid, i
                     const int64_t i = base + (int64_t)j * nthr;
                     const int v = (int)(i / per);
                     const int64_t r = i % per;
-                    val[j] = i < total ? *(const uint32_t *)(P.x + (uint64_t)v * P.x_stride + 4 * r) : 0u;
+                    val[j] = i < total ? *(const uint32_t *)(P.x + (uint64_t)(v0 + v) * P.x_stride + 4 * r) : 0u;
                 }
 #pragma unroll
                 for (int j = 0; j < 8; j++) {
@@ -609,34 +688,64 @@ __device__ void load_activations(const MvParams &P, uint8_t *xs_base, int tid, i
 // ---- the kernel ------------------------------------------------------------------------------
 
 struct Item {
-    uint32_t sel, rg;    // selection index, row group
+    int ent;             // entry
+    uint32_t sel, rg;    // selection within the entry, row group
+    int gsel;            // selection over all entries
     int c;               // chunk of the row (R == 1)
+    int log2R;           // the entry's rows per tile
     const uint8_t *src;  // first byte of the tile; NULL for an invalid matrix id
     uint32_t bytes;
     int rows;            // valid rows in the tile
 };
 
+// The entry holding work item `item` (entries are few; the loop is warp-uniform and
+// reads the kernel parameters through the constant cache).
+__device__ __forceinline__ int entry_of(const MvParams &P, uint32_t item) {
+    int e = 0;
+    while (e + 1 < P.n_ent && item >= P.e[e + 1].item0) e++;
+    return e;
+}
+
+// The entry holding selection i (over all entries).
+__device__ __forceinline__ int sel_entry(const MvParams &P, int i) {
+    int e = 0;
+    while (e + 1 < P.n_ent && i >= P.e[e + 1].sel0) e++;
+    return e;
+}
+
+// Selection (over all entries) of work item `item`.
+__device__ __forceinline__ int gsel_of(const MvParams &P, uint32_t item) {
+    const MvEntry &E = P.e[entry_of(P, item)];
+    return E.sel0 + (int)((item - E.item0) / E.n_rg);
+}
+
 __device__ __forceinline__ uint32_t tile_bytes(const MvParams &P, int rows, int c) {
-    if (P.R > 1) return (uint32_t)(rows * P.row_bytes);
+    if (P.nch == 1) return (uint32_t)(rows * P.row_bytes);
     return (c == P.nch - 1) ? (uint32_t)(P.row_bytes - (uint64_t)c * P.chunk_bytes) : P.chunk_bytes;
 }
 
 // Chunk 0 of work item `item` (< 2^31, checked on the host: one 32-bit division per
-// item, none per chunk). ids: the selection list (shared memory after the prologue).
-__device__ __forceinline__ Item make_item(const MvParams &P, const int32_t *ids, uint32_t item) {
+// item, none per chunk). mats: the matrix of every selection (shared memory, after the
+// prologue), or NULL to read the entries' ids from global memory (before it).
+__device__ __forceinline__ Item make_item(const MvParams &P, const int32_t *mats, uint32_t item) {
     Item it;
-    it.sel = item / (uint32_t)P.n_rg;
-    it.rg = item - it.sel * (uint32_t)P.n_rg;
+    it.ent = entry_of(P, item);
+    const MvEntry &E = P.e[it.ent];
+    const uint32_t local = item - E.item0;
+    it.sel = local / E.n_rg;
+    it.rg = local - it.sel * E.n_rg;
+    it.gsel = E.sel0 + (int)it.sel;
     it.c = 0;
-    const int64_t row0 = (int64_t)it.rg * P.R;
-    it.rows = (int)min((int64_t)P.R, P.n - row0);
-    const int mat = ids ? ids[it.sel] : (int)it.sel;
-    if (mat < 0 || mat >= P.n_mats) {
+    it.log2R = E.log2R;
+    const int64_t row0 = (int64_t)it.rg << E.log2R;
+    it.rows = (int)min((int64_t)1 << E.log2R, (int64_t)E.n - row0);
+    const int mat = mats ? mats[it.gsel] : E.ids ? E.ids[it.sel] : (int)it.sel;
+    if (mat < 0 || mat >= E.n_mats) {
         it.src = nullptr;
         it.bytes = 0;
         return it;
     }
-    it.src = P.w + (uint64_t)mat * P.mat_stride + (uint64_t)row0 * P.row_bytes;
+    it.src = E.w + (uint64_t)mat * E.mat_stride + (uint64_t)row0 * P.row_bytes;
     it.bytes = tile_bytes(P, it.rows, 0);
     return it;
 }
@@ -660,34 +769,55 @@ __device__ __forceinline__ void stage_tile(const MvParams &P, const Item &it, ui
     }
 }
 
+// Work assignment. ipb == 0: warp gw takes items gw, gw + tw, ... (tw warps in the grid).
+// ipb > 0 (one x per selection): block b owns the contiguous items [b·ipb, (b+1)·ipb)
+// and its warps stride over them, so the block needs only the activation vectors of the
+// selections in that range (usually one or two instead of all). Values do not depend on
+// the assignment: each output is computed by one warp with the same code either way.
 template <int WK, bool XQ, int IQV>
 __global__ void __launch_bounds__(kMaxThreads) matvec_kernel(const __grid_constant__ MvParams P) {
     extern __shared__ __align__(16) uint8_t smem[];
-    __shared__ int32_t s_ids[kMaxSel];
+    __shared__ int32_t s_mat[kMaxSel];
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nwarps = blockDim.x >> 5;
     uint8_t *bufs = smem + P.off_tiles + (uint32_t)warp * 2 * P.tile_buf;
-    const uint32_t gw = blockIdx.x * nwarps + warp, tw = gridDim.x * nwarps;
-    const uint32_t my_items = (uint64_t)P.n_items > gw ? (uint32_t)((P.n_items - gw + tw - 1) / tw) : 0u;
+    uint32_t first, stride, my_items;
+    int v0 = 0, nv = 1;
+    if (P.ipb) {
+        const uint32_t start = blockIdx.x * P.ipb;
+        const uint32_t end = start < P.n_items ? min(P.n_items, start + P.ipb) : start;
+        first = start + (uint32_t)warp;
+        stride = (uint32_t)nwarps;
+        my_items = first < end ? (end - first + stride - 1) / stride : 0u;
+        if (P.n_x > 1) {
+            v0 = start < end ? gsel_of(P, start) : 0;
+            nv = start < end ? gsel_of(P, end - 1) - v0 + 1 : 0;
+        }
+    } else {
+        first = blockIdx.x * nwarps + warp;
+        stride = gridDim.x * nwarps;
+        my_items = P.n_items > first ? (P.n_items - first + stride - 1) / stride : 0u;
+    }
     const uint32_t nsteps = my_items * (uint32_t)P.nch;
 
     // Start the first weight tile before the prologue so the two overlap.
     Item cur;
     if (nsteps > 0) {
-        cur = make_item(P, P.ids, gw);
+        cur = make_item(P, nullptr, first);
         stage_tile(P, cur, bufs, lane);
     }
     cp_async_commit();
 
-    if (P.ids)
-        for (int i = tid; i < P.n_sel; i += blockDim.x) s_ids[i] = P.ids[i];
+    for (int i = tid; i < P.n_sel; i += blockDim.x) {
+        const MvEntry &E = P.e[sel_entry(P, i)];
+        const int e = i - E.sel0;
+        s_mat[i] = E.ids ? E.ids[e] : e;
+    }
     if constexpr (WK == WK_IQ2_XXS) iq2_tables_to_smem<IQV>(smem, tid, blockDim.x);
-    load_activations<WK, XQ>(P, smem + P.off_x, tid, blockDim.x);
+    load_activations<WK, XQ>(P, smem + P.off_x, v0, nv, tid, blockDim.x);
     __syncthreads();
-    const int32_t *ids = P.ids ? s_ids : nullptr;
 
     const uint8_t *tab = smem;
-    const int R = P.R, r = lane & (R - 1), lu = lane >> P.log2R, ustep = 32 >> P.log2R;
-    uint32_t item = gw;
+    uint32_t item = first;
     float acc = 0.0f;
     for (uint32_t s = 0; s < nsteps; s++) {
         uint8_t *buf = bufs + (s & 1) * P.tile_buf;
@@ -697,8 +827,8 @@ __global__ void __launch_bounds__(kMaxThreads) matvec_kernel(const __grid_consta
             if (cur.c + 1 < P.nch) {
                 nxt = next_chunk(P, cur);
             } else {
-                item2 = item + tw;
-                nxt = make_item(P, ids, item2);
+                item2 = item + stride;
+                nxt = make_item(P, s_mat, item2);
             }
             stage_tile(P, nxt, bufs + ((s + 1) & 1) * P.tile_buf, lane);
         }
@@ -707,7 +837,9 @@ __global__ void __launch_bounds__(kMaxThreads) matvec_kernel(const __grid_consta
         __syncwarp();
 
         const int c = cur.c;
-        const int vx = P.n_x == 1 ? 0 : (int)cur.sel;
+        const int log2R = cur.log2R, R = 1 << log2R;
+        const int r = lane & (R - 1), lu = lane >> log2R, ustep = 32 >> log2R;
+        const int vx = P.n_x == 1 ? 0 : cur.gsel - v0;
         const uint8_t *xs = smem + P.off_x + (uint32_t)vx * P.xs_bytes;
         XV xv;
         xv.q = (const int8_t *)xs;
@@ -723,8 +855,10 @@ __global__ void __launch_bounds__(kMaxThreads) matvec_kernel(const __grid_consta
         }
         if (c == P.nch - 1) {
             for (int off = 16; off >= R; off >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, off);
-            if (lane < cur.rows)
-                P.y[(int64_t)cur.sel * P.n + (int64_t)cur.rg * R + lane] = cur.src ? acc : __int_as_float(0x7fc00000);
+            if (lane < cur.rows) {
+                const MvEntry &E = P.e[cur.ent];
+                E.y[(int64_t)cur.sel * E.n + ((int64_t)cur.rg << log2R) + lane] = cur.src ? acc : __int_as_float(0x7fc00000);
+            }
             acc = 0.0f;
         }
         __syncwarp();  // the buffer is restaged two steps later
@@ -895,9 +1029,29 @@ int wkind_of(uint32_t type, int64_t k) {
     }
 }
 
-// The common launcher. xsrc: ActSrc; x_stride in bytes (0 = shared vector).
-int launch(const ds4_cuda_qmat *w, const int32_t *ids, int n_sel, const void *x, uint64_t x_stride, int xsrc,
-           float *y, cudaStream_t stream, char *err, size_t errlen) {
+// One entry of a launch as the entry points describe it.
+struct HostEnt {
+    const ds4_cuda_qmat *w;
+    const int32_t *ids;  // device [n_sel] or NULL
+    int n_sel;
+    float *y;            // device [n_sel][w->n]
+};
+
+// Where a launch's activation vectors come from. x_stride in bytes (0: one vector
+// shared by every selection). quant: activations quantized for quantized weights
+// (SRC_QUANT / SRC_PREQ: always; SRC_SWIGLU: production mode).
+struct ActIn {
+    const void *x;
+    uint64_t x_stride;
+    int xsrc;
+    bool quant;
+    const float *xu, *xw;  // SRC_SWIGLU: up values (same layout as x) and scales [n_x] or NULL
+    float limit;
+};
+
+// Row bytes of one entry's matrices, after checking the entry on its own.
+int check_entry(const HostEnt &h, uint64_t *rb, char *err, size_t errlen) {
+    const ds4_cuda_qmat *w = h.w;
     if (!w) return ds4_err(err, errlen, DS4_ERR_ARG, "matvec: NULL weight descriptor");
     const int wk = wkind_of(w->type, w->k);
     if (wk < 0) return ds4_err(err, errlen, DS4_ERR_UNSUPPORTED, "matvec: weight type %s not supported", ds4_type_name(w->type));
@@ -907,113 +1061,216 @@ int launch(const ds4_cuda_qmat *w, const int32_t *ids, int n_sel, const void *x,
                        (long long)w->n, (long long)w->k, ds4_type_name(w->type), g.be);
     if (w->n > INT32_MAX || w->k > (1 << 24))
         return ds4_err(err, errlen, DS4_ERR_UNSUPPORTED, "matvec: shape n=%lld k=%lld too large", (long long)w->n, (long long)w->k);
-    if (!w->data || !x || !y) return ds4_err(err, errlen, DS4_ERR_ARG, "matvec: NULL data, x or y");
-    if (n_sel < 1 || n_sel > kMaxSel) return ds4_err(err, errlen, DS4_ERR_ARG, "matvec: n_sel %d not in [1, %d]", n_sel, kMaxSel);
+    if (!w->data || !h.y) return ds4_err(err, errlen, DS4_ERR_ARG, "matvec: NULL data or y");
+    if (h.n_sel < 1 || h.n_sel > kMaxSel) return ds4_err(err, errlen, DS4_ERR_ARG, "matvec: n_sel %d not in [1, %d]", h.n_sel, kMaxSel);
     if (w->n_mats < 1) return ds4_err(err, errlen, DS4_ERR_ARG, "matvec: n_mats %d < 1", (int)w->n_mats);
-    if (!ids && n_sel > w->n_mats) return ds4_err(err, errlen, DS4_ERR_ARG, "matvec: n_sel %d > n_mats %d without ids", n_sel, (int)w->n_mats);
-    if ((uintptr_t)y % 4) return ds4_err(err, errlen, DS4_ERR_ARG, "matvec: y not 4-byte aligned");
+    if (!h.ids && h.n_sel > w->n_mats)
+        return ds4_err(err, errlen, DS4_ERR_ARG, "matvec: n_sel %d > n_mats %d without ids", h.n_sel, (int)w->n_mats);
+    if ((uintptr_t)h.y % 4) return ds4_err(err, errlen, DS4_ERR_ARG, "matvec: y not 4-byte aligned");
     const uint64_t row_bytes = (uint64_t)(w->k / g.be) * (uint64_t)g.bb;
     if (w->n_mats > 1 && w->mat_stride < (uint64_t)w->n * row_bytes)
         return ds4_err(err, errlen, DS4_ERR_ARG, "matvec: mat_stride %llu < n*row_bytes %llu", (unsigned long long)w->mat_stride,
                        (unsigned long long)((uint64_t)w->n * row_bytes));
+    *rb = row_bytes;
+    return 0;
+}
+
+// Whether an entry's tiles may be staged with 16-byte cp.async. The chunking of long rows
+// depends on it, so entries launched together must agree (ds4_cuda_matvec_list splits).
+bool entry_fast(const ds4_cuda_qmat *w, uint64_t row_bytes) {
+    const uint64_t ms = w->n_mats > 1 ? w->mat_stride : 0;
+    return (uintptr_t)w->data % 16 == 0 && row_bytes % 16 == 0 && ms % 16 == 0;
+}
+
+// Rows per tile of a matrix of n rows: as many as fit, but no more than the matrix has
+// (rounded up to a power of two), so small matrices keep all 32 lanes on one row's
+// units. A function of (row_bytes, n) only: a matrix gets the same tiles in any launch.
+int rows_per_tile(uint64_t row_bytes, int64_t n) {
+    int R = 1;
+    if (row_bytes <= (uint64_t)kTileMax)
+        while (R < 32 && (uint64_t)(2 * R) * row_bytes <= (uint64_t)kTileMax && R < n) R *= 2;
+    return R;
+}
+
+// The common launcher: every entry has the same type, k and entry_fast().
+int launch(const HostEnt *ents, int n_ent, const ActIn &a, cudaStream_t stream, char *err, size_t errlen) {
+    if (!ents || n_ent < 1 || n_ent > kMaxEntries)
+        return ds4_err(err, errlen, DS4_ERR_ARG, "matvec: %d list entries not in [1, %d]", n_ent, kMaxEntries);
+    uint64_t row_bytes = 0;
+    int rc = check_entry(ents[0], &row_bytes, err, errlen);
+    if (rc) return rc;
+    const ds4_cuda_qmat *w0 = ents[0].w;
+    const int wk = wkind_of(w0->type, w0->k);
+    const WGeom g = kGeom[wk];
+    const bool fast = entry_fast(w0, row_bytes);
+    int n_sel = 0;
+    for (int j = 0; j < n_ent; j++) {
+        uint64_t rb = 0;
+        if ((rc = check_entry(ents[j], &rb, err, errlen))) return rc;
+        if (ents[j].w->type != w0->type || ents[j].w->k != w0->k)
+            return ds4_err(err, errlen, DS4_ERR_ARG, "matvec: list entry %d is %s k=%lld, entry 0 %s k=%lld", j,
+                           ds4_type_name(ents[j].w->type), (long long)ents[j].w->k, ds4_type_name(w0->type), (long long)w0->k);
+        if (entry_fast(ents[j].w, rb) != fast)
+            return ds4_err(err, errlen, DS4_ERR_ARG, "matvec: list entries differ in 16-byte alignment");
+        n_sel += ents[j].n_sel;
+    }
+    if (n_sel > kMaxSel) return ds4_err(err, errlen, DS4_ERR_ARG, "matvec: %d selections in one launch (max %d)", n_sel, kMaxSel);
 
     const bool float_w = wk == WK_F32 || wk == WK_F16 || wk == WK_F32_1 || wk == WK_F16_1;
-    const bool xq = !float_w && xsrc != SRC_F32;
+    const bool xq = !float_w && a.quant;
     const int act_be = wk == WK_Q8_0 ? 32 : 256;
-    if (xsrc == SRC_PREQ) {
+    if (!a.x) return ds4_err(err, errlen, DS4_ERR_ARG, "matvec: NULL x");
+    if (a.xsrc == SRC_PREQ) {
         const unsigned xa = float_w ? 4u : wk == WK_Q8_0 ? 2u : 4u;
-        if ((uintptr_t)x % xa || x_stride % xa) return ds4_err(err, errlen, DS4_ERR_ARG, "matvec: activations not %u-byte aligned", xa);
-    } else if ((uintptr_t)x % 4 || x_stride % 4) {
+        if ((uintptr_t)a.x % xa || a.x_stride % xa)
+            return ds4_err(err, errlen, DS4_ERR_ARG, "matvec: activations not %u-byte aligned", xa);
+    } else if ((uintptr_t)a.x % 4 || a.x_stride % 4) {
         return ds4_err(err, errlen, DS4_ERR_ARG, "matvec: x not 4-byte aligned");
     }
-    const int n_x = x_stride == 0 ? 1 : n_sel;
+    if (a.xsrc == SRC_SWIGLU && (!a.xu || (uintptr_t)a.xu % 4 || (uintptr_t)a.xw % 4))
+        return ds4_err(err, errlen, DS4_ERR_ARG, "matvec: NULL or misaligned up values / scales");
+    const int n_x = a.x_stride == 0 ? 1 : n_sel;
+    if (n_x > 1 && n_ent > 1) return ds4_err(err, errlen, DS4_ERR_ARG, "matvec: one x per selection needs a single entry");
 
-    int dev = 0, rc = current_device(&dev, err, errlen);
-    if (rc) return rc;
+    int dev = 0;
+    if ((rc = current_device(&dev, err, errlen))) return rc;
     const DevState ds = g_dev[dev];
 
     MvParams P;
     memset(&P, 0, sizeof P);
-    P.w = (const uint8_t *)w->data;
-    P.mat_stride = w->n_mats > 1 ? w->mat_stride : 0;
-    P.row_bytes = row_bytes;
-    P.ids = ids;
-    P.n_mats = w->n_mats;
+    P.n_ent = n_ent;
     P.n_sel = n_sel;
-    P.x = (const uint8_t *)x;
-    P.x_stride = x_stride;
+    P.row_bytes = row_bytes;
+    P.k = w0->k;
+    P.fast = fast;
+    P.x = (const uint8_t *)a.x;
+    P.x_stride = a.x_stride;
     P.n_x = n_x;
-    P.act_src = xsrc;
-    P.y = y;
-    P.n = w->n;
-    P.k = w->k;
-    P.fast = (uintptr_t)w->data % 16 == 0 && row_bytes % 16 == 0 && P.mat_stride % 16 == 0;
+    P.act_src = a.xsrc;
+    P.xu = (const uint8_t *)a.xu;
+    P.xw = a.xw;
+    P.limit = a.limit;
 
-    // Tile geometry.
-    const int64_t nb = w->k / g.be;
+    // Chunks of long rows (R == 1): a function of (type, k, fast) only.
+    const int64_t nb = w0->k / g.be;
     const int bpu = g.ue > g.be ? g.ue / g.be : 1;  // blocks per unit (F16: 8, F32: 4)
-    const int tile_max = kTileMax;
-    P.tile_buf = (uint32_t)(tile_max + kTilePad);
-    if (row_bytes <= (uint64_t)tile_max) {
-        int R = 1;
-        // As many rows as fit, but no more than the matrix has (rounded up to a power
-        // of two), so small matrices keep all 32 lanes on one row's units.
-        while (R < 32 && (uint64_t)(2 * R) * row_bytes <= (uint64_t)tile_max && R < w->n) R *= 2;
-        P.R = R;
+    P.tile_buf = (uint32_t)(kTileMax + kTilePad);
+    if (row_bytes <= (uint64_t)kTileMax) {
         P.nch = 1;
-        P.chunk_units = (int)(w->k / g.ue);
+        P.chunk_units = (int)(w0->k / g.ue);
         P.chunk_bytes = (uint32_t)row_bytes;
     } else {
         int gran = bpu;
-        if (P.fast) {
+        if (fast) {
             int a16 = 16;
             for (int t = g.bb; t % 2 == 0 && a16 > 1; t /= 2) a16 /= 2;  // 16 / gcd(bb, 16)
             gran = a16 > gran ? a16 : gran;  // both powers of two: their lcm
         }
-        int64_t cb = (tile_max / g.bb) / gran * gran;
+        int64_t cb = (kTileMax / g.bb) / gran * gran;
         if (cb < 1) return ds4_err(err, errlen, DS4_ERR_UNSUPPORTED, "matvec: block too large");
-        P.R = 1;
         P.nch = (int)((nb + cb - 1) / cb);
         P.chunk_units = (int)(cb * g.be / g.ue);
         P.chunk_bytes = (uint32_t)(cb * g.bb);
     }
-    P.log2R = 0;
-    while ((1 << P.log2R) < P.R) P.log2R++;
-    P.units_row = (int)(w->k / g.ue);
-    P.n_rg = (w->n + P.R - 1) / P.R;
-    P.n_items = (int64_t)n_sel * P.n_rg;
-    if (P.n_items > INT32_MAX)
-        return ds4_err(err, errlen, DS4_ERR_UNSUPPORTED, "matvec: %lld row groups in one launch (max 2^31)", (long long)P.n_items);
+    P.units_row = (int)(w0->k / g.ue);
 
-    // Shared memory: [IQ2 tables][activation vectors][per-warp double buffers].
+    // Entries: rows per tile per matrix, items and selections numbered entry by entry.
+    int64_t items = 0;
+    int sel = 0;
+    for (int j = 0; j < n_ent; j++) {
+        const ds4_cuda_qmat *w = ents[j].w;
+        MvEntry &E = P.e[j];
+        E.w = (const uint8_t *)w->data;
+        E.mat_stride = w->n_mats > 1 ? w->mat_stride : 0;
+        E.ids = ents[j].ids;
+        E.y = ents[j].y;
+        E.n_mats = w->n_mats;
+        E.n_sel = ents[j].n_sel;
+        E.n = (int)w->n;
+        const int R = rows_per_tile(row_bytes, w->n);
+        E.log2R = 0;
+        while ((1 << E.log2R) < R) E.log2R++;
+        E.n_rg = (uint32_t)((w->n + R - 1) / R);
+        E.item0 = (uint32_t)items;
+        E.sel0 = sel;
+        items += (int64_t)E.n_sel * E.n_rg;
+        sel += E.n_sel;
+        if (items > INT32_MAX)
+            return ds4_err(err, errlen, DS4_ERR_UNSUPPORTED, "matvec: %lld row groups in one launch (max 2^31)", (long long)items);
+    }
+    P.n_items = (uint32_t)items;
+
+    // Shared memory: [IQ2 tables][activation vectors][per-warp double buffers]. The warp
+    // count is chosen for all n_x vectors; block-local loading then only shrinks it.
     const int iqv = g_iq2_variant;
     const uint32_t tab = wk == WK_IQ2_XXS ? (uint32_t)iq2_tab_bytes(iqv) : 0u;
     if (xq) {
-        P.xs_off_d = align16((uint64_t)w->k);
-        P.xs_off_bs = align16(P.xs_off_d + 4 * (uint64_t)(w->k / act_be));
-        P.xs_bytes = act_be == 256 ? align16(P.xs_off_bs + 4 * (uint64_t)(w->k / 16)) : P.xs_off_bs;
+        P.xs_off_d = align16((uint64_t)w0->k);
+        P.xs_off_bs = align16(P.xs_off_d + 4 * (uint64_t)(w0->k / act_be));
+        P.xs_bytes = act_be == 256 ? align16(P.xs_off_bs + 4 * (uint64_t)(w0->k / 16)) : P.xs_off_bs;
     } else {
-        P.xs_bytes = align16(4 * (uint64_t)w->k);
+        P.xs_bytes = align16(4 * (uint64_t)w0->k);
     }
     P.off_x = tab;
-    P.off_tiles = tab + (uint32_t)n_x * P.xs_bytes;
-    int nwarps = (wk == WK_IQ2_XXS && iqv == 2) ? 16 : 8;
     const int64_t smem_max = ds.smem_optin - kStaticSmem;
-    while (nwarps > 1 && (int64_t)P.off_tiles + (int64_t)nwarps * 2 * P.tile_buf > smem_max) nwarps /= 2;
-    const int smem = (int)(P.off_tiles + nwarps * 2 * P.tile_buf);
+    const int64_t tiles_of = 2 * (int64_t)P.tile_buf;  // per warp
+    int nwarps = (wk == WK_IQ2_XXS && iqv == 2) ? 16 : 8;
+    const int64_t off_all = (int64_t)tab + (int64_t)n_x * P.xs_bytes;
+    while (nwarps > 1 && off_all + nwarps * tiles_of > smem_max) nwarps /= 2;
+    int smem = (int)(off_all + nwarps * tiles_of);
     if (smem > smem_max)
         return ds4_err(err, errlen, DS4_ERR_UNSUPPORTED, "matvec: k=%lld with %d activation vectors needs %d bytes of shared memory (> %d)",
-                       (long long)w->k, n_x, smem, (int)smem_max);
+                       (long long)w0->k, n_x, smem, (int)smem_max);
     const int threads = nwarps * 32;
     const KernelFn fn = pick_kernel(wk, xq, iqv);
     int bps = 0;
-    rc = blocks_per_sm(fn, dev, threads, smem, &bps, err, errlen);
-    if (rc) return rc;
-    const int64_t want = (P.n_items + nwarps - 1) / nwarps;
-    const int64_t blocks = want < (int64_t)ds.sms * bps ? want : (int64_t)ds.sms * bps;
+    if ((rc = blocks_per_sm(fn, dev, threads, smem, &bps, err, errlen))) return rc;
+    const int64_t want = ((int64_t)P.n_items + nwarps - 1) / nwarps;
+    int64_t blocks = want < (int64_t)ds.sms * bps ? want : (int64_t)ds.sms * bps;
+    int64_t nvec = n_x;
+    if (n_x > 1) {
+        // Block-local activations: a range of ipb consecutive items spans at most
+        // floor((ipb + n_rg − 2) / n_rg) + 1 selections. The smaller shared memory may
+        // fit more blocks per SM; one more pass uses them (more blocks: ipb and the span
+        // only shrink, so the second size still fits the occupancy it was chosen for).
+        const int64_t n_rg = P.e[0].n_rg;
+        int64_t ipb = 1;
+        for (int pass = 0; pass < 2; pass++) {
+            ipb = ((int64_t)P.n_items + blocks - 1) / blocks;
+            blocks = ((int64_t)P.n_items + ipb - 1) / ipb;
+            nvec = (ipb + n_rg - 2) / n_rg + 1;
+            if (nvec > n_x) nvec = n_x;
+            smem = (int)((int64_t)tab + nvec * P.xs_bytes + nwarps * tiles_of);
+            if (pass == 1) break;
+            int bps2 = 0;
+            if ((rc = blocks_per_sm(fn, dev, threads, smem, &bps2, err, errlen))) return rc;
+            const int64_t b2 = want < (int64_t)ds.sms * bps2 ? want : (int64_t)ds.sms * bps2;
+            if (b2 <= blocks) break;
+            blocks = b2;
+        }
+        P.ipb = (uint32_t)ipb;
+    }
+    P.off_tiles = (uint32_t)((int64_t)tab + nvec * P.xs_bytes);
     fn<<<(unsigned)blocks, threads, smem, stream>>>(P);
     DS4_CUDA_TRY(cudaGetLastError());
     return 0;
+}
+
+// A single-entry launch (the entry points before the list mode).
+int launch1(const ds4_cuda_qmat *w, const int32_t *ids, int n_sel, float *y, const ActIn &a, cudaStream_t stream, char *err,
+            size_t errlen) {
+    const HostEnt h = {w, ids, n_sel, y};
+    return launch(&h, 1, a, stream, err, errlen);
+}
+
+ActIn act_in(const void *x, uint64_t x_stride, int xsrc) {
+    ActIn a;
+    memset(&a, 0, sizeof a);
+    a.x = x;
+    a.x_stride = x_stride;
+    a.xsrc = xsrc;
+    a.quant = xsrc != SRC_F32;
+    return a;
 }
 
 }  // namespace
@@ -1026,7 +1283,7 @@ extern "C" int ds4_cuda_matvec_init(char *err, size_t errlen) {
 extern "C" int ds4_cuda_matvec(const ds4_cuda_qmat *w, const float *x, float *y, ds4_cuda_act_mode mode,
                                struct CUstream_st *stream, char *err, size_t errlen) {
     if (mode != DS4_CUDA_ACT_QUANT && mode != DS4_CUDA_ACT_F32) return ds4_err(err, errlen, DS4_ERR_ARG, "matvec: bad mode %d", (int)mode);
-    return launch(w, nullptr, 1, x, 0, mode == DS4_CUDA_ACT_QUANT ? SRC_QUANT : SRC_F32, y, stream, err, errlen);
+    return launch1(w, nullptr, 1, y, act_in(x, 0, mode == DS4_CUDA_ACT_QUANT ? SRC_QUANT : SRC_F32), stream, err, errlen);
 }
 
 extern "C" int ds4_cuda_matvec_ids(const ds4_cuda_qmat *w, const int32_t *ids, int n_sel, const float *x, int64_t x_stride,
@@ -1034,8 +1291,8 @@ extern "C" int ds4_cuda_matvec_ids(const ds4_cuda_qmat *w, const int32_t *ids, i
     if (mode != DS4_CUDA_ACT_QUANT && mode != DS4_CUDA_ACT_F32) return ds4_err(err, errlen, DS4_ERR_ARG, "matvec: bad mode %d", (int)mode);
     if (x_stride < 0 || (w && x_stride != 0 && x_stride < w->k))
         return ds4_err(err, errlen, DS4_ERR_ARG, "matvec: x_stride %lld must be 0 or >= k", (long long)x_stride);
-    return launch(w, ids, n_sel, x, (uint64_t)x_stride * 4, mode == DS4_CUDA_ACT_QUANT ? SRC_QUANT : SRC_F32, y, stream, err,
-                  errlen);
+    return launch1(w, ids, n_sel, y, act_in(x, (uint64_t)x_stride * 4, mode == DS4_CUDA_ACT_QUANT ? SRC_QUANT : SRC_F32), stream,
+                   err, errlen);
 }
 
 extern "C" int ds4_cuda_matvec_ids_q(const ds4_cuda_qmat *w, const int32_t *ids, int n_sel, const void *xq, uint64_t xq_stride,
@@ -1047,7 +1304,48 @@ extern "C" int ds4_cuda_matvec_ids_q(const ds4_cuda_qmat *w, const int32_t *ids,
             return ds4_err(err, errlen, DS4_ERR_ARG, "matvec: xq_stride %llu < vector bytes %llu", (unsigned long long)xq_stride,
                            (unsigned long long)vb);
     }
-    return launch(w, ids, n_sel, xq, xq_stride, SRC_PREQ, y, stream, err, errlen);
+    return launch1(w, ids, n_sel, y, act_in(xq, xq_stride, SRC_PREQ), stream, err, errlen);
+}
+
+extern "C" int ds4_cuda_matvec_list(const ds4_cuda_mv_entry *e, int n_entries, const float *x, ds4_cuda_act_mode mode,
+                                    struct CUstream_st *stream, char *err, size_t errlen) {
+    if (mode != DS4_CUDA_ACT_QUANT && mode != DS4_CUDA_ACT_F32) return ds4_err(err, errlen, DS4_ERR_ARG, "matvec: bad mode %d", (int)mode);
+    if (!e || n_entries < 1 || n_entries > kMaxEntries)
+        return ds4_err(err, errlen, DS4_ERR_ARG, "matvec_list: %d entries not in [1, %d]", n_entries, kMaxEntries);
+    static_assert(kMaxEntries == DS4_CUDA_MV_MAX_ENTRIES, "entry limit");
+    // Entries whose tiles cannot use cp.async chunk long rows differently: they go in a
+    // launch of their own, so every output keeps its single-matrix value.
+    HostEnt h[2][kMaxEntries];
+    int nh[2] = {0, 0};
+    for (int j = 0; j < n_entries; j++) {
+        uint64_t rb = 0;
+        const HostEnt he = {&e[j].w, e[j].ids, e[j].n_sel, e[j].y};
+        const int rc = check_entry(he, &rb, err, errlen);
+        if (rc) return rc;
+        const int f = entry_fast(&e[j].w, rb) ? 1 : 0;
+        h[f][nh[f]++] = he;
+    }
+    const ActIn a = act_in(x, 0, mode == DS4_CUDA_ACT_QUANT ? SRC_QUANT : SRC_F32);
+    for (int f = 1; f >= 0; f--)
+        if (nh[f]) {
+            const int rc = launch(h[f], nh[f], a, stream, err, errlen);
+            if (rc) return rc;
+        }
+    return 0;
+}
+
+extern "C" int ds4_cuda_matvec_ids_swiglu(const ds4_cuda_qmat *w, const int32_t *ids, int n_sel, const float *g, const float *u,
+                                          const float *scale, float limit, float *y, ds4_cuda_act_mode mode,
+                                          struct CUstream_st *stream, char *err, size_t errlen) {
+    if (mode != DS4_CUDA_ACT_QUANT && mode != DS4_CUDA_ACT_F32) return ds4_err(err, errlen, DS4_ERR_ARG, "matvec: bad mode %d", (int)mode);
+    if (!w) return ds4_err(err, errlen, DS4_ERR_ARG, "matvec: NULL weight descriptor");
+    if (!g || !u) return ds4_err(err, errlen, DS4_ERR_ARG, "matvec_swiglu: NULL g or u");
+    ActIn a = act_in(g, (uint64_t)w->k * 4, SRC_SWIGLU);
+    a.quant = mode == DS4_CUDA_ACT_QUANT;
+    a.xu = u;
+    a.xw = scale;
+    a.limit = limit;
+    return launch1(w, ids, n_sel, y, a, stream, err, errlen);
 }
 
 extern "C" int ds4_cuda_quantize_act(uint32_t act_type, const float *x, void *xq, int64_t k, int64_t nvec,
