@@ -1,11 +1,146 @@
 // ops_hc.cu — cuda-test-ops cases of the fused op hc_site (backend.h), against the CPU
 // backend's op sequence. Must not: take an expected value from the GPU.
+//
+// Reference per case: C->rmsnorm (flat H, unweighted), C->matmul (fn, mw rows), C->hc_pre,
+// C->rmsnorm (x, norm_w). The GPU op computes mix as s · (fn · H) with its own summation
+// order where the sequence computes fn · (H · s): the contract's allowed rounding
+// difference. Bounds are |gpu − cpu| <= tol · max(1, max|cpu|) (ops_harness.h check):
+//  - F16 / F32 fn: Δmix is f32 summation error over h·d products of size ~0.02; a CPU
+//    emulation of the kernel's order (slices of 256, lane fma chains, shuffle trees, then
+//    s · dot) against this CPU sequence, on inputs like these (Flash, tiny, h 8, h 1; both
+//    scale sets), gave |Δmix| <= 6e-6 (|mix| <= 7.5) and output differences (relative to
+//    max(1, max|cpu|)) <= 6.6e-7 for post, <= 2.9e-6 for comb (peaked case; <= 1e-6
+//    otherwise), <= 6.4e-7 for xn. The bound 2e-5 keeps a margin of ~7 over the worst of
+//    these (expf differs from glibc's by ~1 ulp on top). What it catches, from the same
+//    emulation: pre streams swapped -> xn 0.36 .. 1.1; one Sinkhorn round less in the
+//    peaked case -> comb 3.6e-4 .. 4.4e-3 (with the mild scales the Sinkhorn has converged
+//    and a missing round is invisible: hence the peaked cases); mix off by 1e-4 relative ->
+//    1.5e-5 .. 1.5e-4 (borderline: a bug of that size need not be caught).
+//  - Q8_0 fn (the op-sequence fallback): in production numerics the matmul quantises flat
+//    to Q8_0 on each side from rmsnorm outputs that may differ in the last bit, so mix may
+//    differ by a quantisation step's effect (matmul's own bound in test_ops is 2e-4 ·
+//    max|y|, |y| ~ 5): 2e-3.
+// Every output starts as NaN on both sides, so an unwritten element fails. A second check
+// per multi-token case runs the first and the last token alone on the GPU and requires the
+// same bits (the contract: a token's values do not depend on n_tok); it also fails when a
+// last-block counter was left non-zero by the previous call (the outputs stay NaN).
 #include "ops_harness.h"
 
+namespace {
+
+struct HcCase {
+    const char *label;
+    const char *w;       // fn: test weight, [>= mw rows][h*d]
+    int h;
+    int64_t d;
+    int nt;
+    float sc[3];         // scale (pre, post, comb)
+    float base_amp;      // base ~ U(-amp, amp)
+    int hoff;            // H starts hoff floats into its buffer (1: not 16-byte aligned)
+    double tol;
+};
+
+std::vector<float> nans(size_t n) { return std::vector<float>(n, NAN); }
+
+// Whether two GPU buffers of n floats hold the same bits.
+bool same_bits(ds4_backend *G, const float *a, const float *b, size_t n) {
+    std::vector<float> x(n), y(n);
+    G->read(G, x.data(), a, n * 4);
+    G->read(G, y.data(), b, n * 4);
+    return memcmp(x.data(), y.data(), n * 4) == 0;
+}
+
+void hc_case(ds4_backend *C, ds4_backend *G, const char *mode, const HcCase &k) {
+    const ds4_tensor *fn = wt(k.w);
+    const int h = k.h, mw = (2 + h) * h, nt = k.nt, iters = 20;
+    const int64_t d = k.d, hw = (int64_t)h * d;
+    const double hc_eps = 1e-6, eps = 1e-6;
+    if (fn->ne[0] != (uint64_t)hw || fn->ne[1] < (uint64_t)mw) {
+        printf("FAIL %s hc_site %s: test weight %s does not fit\n", mode, k.label, k.w);
+        g_fail++;
+        return;
+    }
+    std::vector<float> nw = rvec((size_t)d, 0.5f);
+    for (auto &v : nw) v += 1.0f;
+    Pair H = put(C, G, rvec((size_t)(k.hoff + nt * hw))), sc = put(C, G, std::vector<float>(k.sc, k.sc + 3));
+    Pair base = put(C, G, rvec((size_t)mw, k.base_amp)), w = put(C, G, nw);
+    Pair post = put(C, G, nans((size_t)nt * h)), comb = put(C, G, nans((size_t)nt * h * h));
+    Pair xn = put(C, G, nans((size_t)nt * d));
+    const float *Hc = H.c + k.hoff, *Hg = H.g + k.hoff;
+    // reference: the op sequence on the CPU backend
+    float *flat = (float *)C->alloc(C, (size_t)nt * hw * 4), *mix = (float *)C->alloc(C, (size_t)nt * mw * 4);
+    float *x = (float *)C->alloc(C, (size_t)nt * d * 4);
+    C->rmsnorm(C, Hc, hw, NULL, flat, hw, hw, nt, eps);
+    C->matmul(C, fn, 0, 0, (uint64_t)mw, flat, hw, mix, mw, nt);
+    C->hc_pre(C, mix, sc.c, base.c, Hc, nt, h, d, iters, hc_eps, x, post.c, comb.c);
+    C->rmsnorm(C, x, d, w.c, xn.c, d, d, nt, eps);
+    C->release(C, flat);
+    C->release(C, mix);
+    C->release(C, x);
+    G->hc_site(G, fn, sc.g, base.g, Hg, nt, h, d, iters, hc_eps, eps, w.g, post.g, comb.g, xn.g);
+    char name[160];
+    snprintf(name, sizeof name, "%s hc_site %s post", mode, k.label);
+    check(name, post, k.tol);
+    snprintf(name, sizeof name, "%s hc_site %s comb", mode, k.label);
+    check(name, comb, k.tol);
+    snprintf(name, sizeof name, "%s hc_site %s xn", mode, k.label);
+    check(name, xn, k.tol);
+    if (nt > 1) {
+        // the first and the last token alone: the same bits as within the chunk
+        bool ok = true;
+        for (int t : {0, nt - 1}) {
+            Pair p1 = put(C, G, nans((size_t)h)), c1 = put(C, G, nans((size_t)h * h)), x1 = put(C, G, nans((size_t)d));
+            G->hc_site(G, fn, sc.g, base.g, Hg + (int64_t)t * hw, 1, h, d, iters, hc_eps, eps, w.g, p1.g, c1.g, x1.g);
+            ok = ok && same_bits(G, p1.g, post.g + (int64_t)t * h, (size_t)h) &&
+                 same_bits(G, c1.g, comb.g + (int64_t)t * h * h, (size_t)h * h) &&
+                 same_bits(G, x1.g, xn.g + (int64_t)t * d, (size_t)d);
+            for (Pair *p : {&p1, &c1, &x1}) drop(*p);
+        }
+        snprintf(name, sizeof name, "%s hc_site %s tokens alone == in chunk", mode, k.label);
+        printf("%s %-44s\n", ok ? "ok  " : "FAIL", name);
+        (ok ? g_pass : g_fail)++;
+    }
+    for (Pair *p : {&H, &sc, &base, &w, &post, &comb, &xn}) drop(*p);
+}
+
+}  // namespace
+
 void ops_fused_hc(ds4_backend *C, ds4_backend *G, const char *mode) {
-    (void)C;
     if (!G->hc_site) {
         printf("skip %s hc_site (not provided)\n", mode);
         return;
     }
+    char err[256];
+    // the CPU reference's matmul reads rows of up to h*d = 16384 (Flash) inputs
+    if (C->reserve(C, 8, 16384, err, sizeof err) < 0 || G->reserve(G, 8, 16384, err, sizeof err) < 0) {
+        printf("FAIL %s hc_site: reserve: %s\n", mode, err);
+        g_fail++;
+        return;
+    }
+    const bool prod = C->numerics == DS4_NUM_PROD;
+    const double tf = 2e-5, tq = prod ? 2e-3 : 2e-5;
+    // scale / base of test_ops' hc_pre case (mix ~ ±2 from these weights), and a peaked
+    // one: comb logits spread over ~±10, so the Sinkhorn rounds change comb substantially
+    const float s0[3] = {0.6f, -0.8f, 0.9f}, s1[3] = {1.5f, -1.0f, 4.0f};
+    const HcCase cases[] = {
+        // Flash: h 4, d 4096 (fast epilogue, 4 float4 per thread)
+        {"flash f16 tok 1", "hcfn", 4, 4096, 1, {s0[0], s0[1], s0[2]}, 0.5f, 0, tf},
+        {"flash f16 tok 3", "hcfn", 4, 4096, 3, {s0[0], s0[1], s0[2]}, 0.5f, 0, tf},
+        {"flash f32 tok 1", "hcfn32", 4, 4096, 1, {s0[0], s0[1], s0[2]}, 0.5f, 0, tf},
+        {"flash f32 tok 3", "hcfn32", 4, 4096, 3, {s0[0], s0[1], s0[2]}, 0.5f, 0, tf},
+        {"flash f16 peaked Sinkhorn tok 2", "hcfn", 4, 4096, 2, {s1[0], s1[1], s1[2]}, 2.0f, 0, tf},
+        // unaligned H: the generic kernel (scalar slices, looped epilogue) at Flash size
+        {"flash f32 H unaligned tok 2", "hcfn32", 4, 4096, 2, {s0[0], s0[1], s0[2]}, 0.5f, 1, tf},
+        // tiny: h 2, d 64 (one slice), fast and generic
+        {"tiny h2 d64 tok 2", "hcfn_tiny", 2, 64, 2, {s0[0], s0[1], s0[2]}, 0.5f, 0, tf},
+        {"tiny h2 d64 H unaligned tok 2", "hcfn_tiny", 2, 64, 2, {s1[0], s1[1], s1[2]}, 2.0f, 1, tf},
+        // other shapes on the 4096-wide test weights: 2 float4 per thread (h 2, d 2048),
+        // h 1, h 8 (generic epilogue, shared-memory Sinkhorn, 80 fn rows: several row
+        // groups per warp), and Q8_0 fn (the op-sequence fallback)
+        {"h2 d2048 f16 tok 2", "f16", 2, 2048, 2, {s0[0], s0[1], s0[2]}, 0.5f, 0, tf},
+        {"h1 d4096 f32 tok 2", "f32", 1, 4096, 2, {s0[0], s0[1], s0[2]}, 0.5f, 0, tf},
+        {"h8 d512 f16 tok 2", "f16", 8, 512, 2, {s1[0], s1[1], s1[2]}, 2.0f, 0, tf},
+        {"h4 d1024 q8_0 (op sequence) tok 2", "q8", 4, 1024, 2, {s0[0], s0[1], s0[2]}, 0.5f, 0, tq},
+    };
+    for (const HcCase &k : cases) hc_case(C, G, mode, k);
 }

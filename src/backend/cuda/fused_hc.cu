@@ -1,0 +1,471 @@
+// fused_hc.cu — the fused hyper-connection site hc_site (backend.h, "optional fused ops")
+// of the CUDA backend: rmsnorm(flat H) → fn · flat → hc_pre (pre/post/comb, Sinkhorn, x)
+// → rmsnorm(x) · norm_w for n_tok tokens in ONE launch (the op sequence costs 4 launches
+// and ~39 us per site in decode; 86 sites per token).
+//
+// Owns: k_hc_site and ds4cu_hc_site (variant choice, scratch, the op-sequence fallback for
+// fn types other than F16 / F32). Must not: differ from the op sequence beyond what the
+// contract allows (the order and rounding of the dot products behind mix), let a token's
+// values depend on n_tok or on timing, or leave a CNT_HC counter non-zero.
+//
+// Design (grid = S column slices × n_tok tokens, S = ceil(h·d / 256) from the shape only):
+//  - phase 1, every block: 256 columns of token t's flattened row H[t] (width hw = h·d).
+//    Warp w takes fn rows w, w + NW, ... and writes the warp-reduced partial dot of each
+//    row with the UNnormalised H slice; the last warp also writes the slice's f64 sum of
+//    squares. fn (resident weights) is loaded before pdl_wait, so with programmatic
+//    dependent launch its latency overlaps the previous kernel's tail.
+//  - the last block of token t (threadfence + counter, the counter reset to 0 by it) sums
+//    the S partials of each row in a fixed order (lanes over slices, then a fixed shuffle
+//    tree; S depends on the shape only, so the result does not depend on n_tok or on which
+//    block came last), s = 1/sqrt(ss/hw + eps) exactly as rmsnorm, mix_j = s · dot_j (the
+//    allowed difference: the op sequence computes fn · (H·s)), then hc_pre's math with the
+//    CPU's per-element operations and order: pre/post by threads < h; the Sinkhorn by the
+//    extra warp NW−1 (it writes comb and is the tail: ~20 dependent division rounds) while
+//    warps 0..7 form x = Σ_k pre[k]·H[t][k] and xn = (x · scale) · norm_w (rmsnorm with
+//    an f64 sum of squares, reduced over those 256 threads with a named barrier).
+//  - fast epilogue (h <= 4, d % 4 == 0, d <= 4096, 16-byte aligned rows): every x thread
+//    prefetches its chunks of H[t] and norm_w into L1 right after it knows it is last,
+//    before the partial reduction, so that memory round trip overlaps the other; x then
+//    lives in registers. Otherwise a generic loop (any h <= 32, any d; x staged in xn,
+//    each thread re-reading only what it wrote).
+// Resources (nvcc 13, sm_90a): 56 registers for the fast variants, no spills, 8.6 KB static
+// shared memory, 288 threads: 4 blocks per SM in phase 1.
+#include <math.h>
+
+#include "common.cuh"
+#include "cuda_internal.h"
+
+extern "C" {
+#include "core/common.h"
+#include "model/ggml_type.h"
+}
+
+namespace {
+
+constexpr int kCols = 256;                  // columns of hw per phase-1 block (8 per lane)
+constexpr int kXWarps = 8;                  // epilogue warps forming x / xn (named barrier 1)
+constexpr int kNW = kXWarps + 1;            // + the Sinkhorn warp (the last one)
+constexpr int kThreads = kNW * 32;
+constexpr int kXThreads = kXWarps * 32;
+constexpr int kRU = 3;                      // fn rows per warp per load group (Flash: 24 / 9 → 3)
+constexpr int kMaxH = 32, kMaxMw = (2 + kMaxH) * kMaxH;
+constexpr int kTokPerLaunch = 1024;         // CNT_HC has 1024 counters (cuda_internal.h)
+
+struct HcArgs {
+    const uint8_t *fn;      // device [mw rows][hw] F16 or F32, row stride fn_rb bytes
+    size_t fn_rb;
+    int f16;                // fn type: 1 F16, 0 F32
+    const float *scale;     // [3]
+    const float *base;      // [mw]
+    const float *H;         // [n_tok][h][d]
+    const float *norm_w;    // [d]
+    float *post;            // [n_tok][h]
+    float *comb;            // [n_tok][h*h]
+    float *xn;              // [n_tok][d]
+    float *part;            // scratch [n_tok][mw][S]: per-slice partial dots
+    double *ssp;            // scratch [n_tok][S]: per-slice sums of squares
+    unsigned *cnt;          // [n_tok] last-block counters (zero on entry and exit)
+    int h, mw, S, iters;
+    int64_t d, hw;
+    float hc_eps;
+    double eps;
+};
+
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+__device__ __forceinline__ double warp_sum_d(double v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+// Named barriers, non-.aligned forms (safe where a warp may not have reconverged; the
+// count is in threads). Barrier 1: the kXWarps x warps only (the Sinkhorn warp never
+// joins it).
+__device__ __forceinline__ void bar_x() { asm volatile("barrier.sync 1, %0;" ::"n"(kXThreads) : "memory"); }
+// Barrier 2 (all kThreads): the Sinkhorn warp arrives once s_pre is written (and goes on
+// without waiting), the x warps wait on it.
+__device__ __forceinline__ void bar_pre_arrive() { asm volatile("barrier.arrive 2, %0;" ::"n"(kThreads) : "memory"); }
+__device__ __forceinline__ void bar_pre_sync() { asm volatile("barrier.sync 2, %0;" ::"n"(kThreads) : "memory"); }
+
+__device__ __forceinline__ void prefetch_l1(const void *p) { asm volatile("prefetch.global.L1 [%0];" ::"l"(p)); }
+
+// The CPU's sigmoidf_ (cpu_backend.c) with each operation rounded as written there.
+__device__ __forceinline__ float sigm(float z) { return __fdiv_rn(1.0f, __fadd_rn(1.0f, expf(-z))); }
+
+// The 8 columns of slice b that a lane owns: VEC: two float4 chunks (b·64 + lane + 32q),
+// scalar: b·256 + lane + 32q. Columns past hw read as 0 (they add 0 to every sum).
+template <bool VEC>
+__device__ __forceinline__ void load_h(const float *row, int64_t hw, int b, int lane, float v[8]) {
+    if (VEC) {
+        const float4 *r4 = (const float4 *)row;
+#pragma unroll
+        for (int q = 0; q < 2; q++) {
+            const int64_t c = (int64_t)b * (kCols / 4) + lane + 32 * q;
+            const float4 x = c < hw / 4 ? r4[c] : make_float4(0.f, 0.f, 0.f, 0.f);
+            v[4 * q] = x.x, v[4 * q + 1] = x.y, v[4 * q + 2] = x.z, v[4 * q + 3] = x.w;
+        }
+    } else {
+#pragma unroll
+        for (int q = 0; q < 8; q++) {
+            const int64_t c = (int64_t)b * kCols + lane + 32 * q;
+            v[q] = c < hw ? row[c] : 0.0f;
+        }
+    }
+}
+template <bool VEC>
+__device__ __forceinline__ void load_fn(const uint8_t *row, int f16, int64_t hw, int b, int lane, float v[8]) {
+    if (VEC) {
+#pragma unroll
+        for (int q = 0; q < 2; q++) {
+            const int64_t c = (int64_t)b * (kCols / 4) + lane + 32 * q;
+            float4 x = make_float4(0.f, 0.f, 0.f, 0.f);
+            if (c < hw / 4) {
+                if (f16) {
+                    const uint2 u = ((const uint2 *)row)[c];
+                    const float2 lo = __half22float2(*(const __half2 *)&u.x), hi = __half22float2(*(const __half2 *)&u.y);
+                    x = make_float4(lo.x, lo.y, hi.x, hi.y);
+                } else {
+                    x = ((const float4 *)row)[c];
+                }
+            }
+            v[4 * q] = x.x, v[4 * q + 1] = x.y, v[4 * q + 2] = x.z, v[4 * q + 3] = x.w;
+        }
+    } else {
+#pragma unroll
+        for (int q = 0; q < 8; q++) {
+            const int64_t c = (int64_t)b * kCols + lane + 32 * q;
+            v[q] = c >= hw ? 0.0f : f16 ? __half2float(((const __half *)row)[c]) : ((const float *)row)[c];
+        }
+    }
+}
+
+// KV > 0: fast epilogue (h <= 4, d4 = d/4 <= KV·256, aligned); KV == 0: generic epilogue.
+// VEC: float4 phase 1 (hw % 4 == 0, aligned H and fn rows).
+template <int KV, bool VEC>
+__global__ void __launch_bounds__(kThreads) k_hc_site(HcArgs a) {
+    __shared__ float s_dot[kMaxMw];          // Σ over slices of fn_j · H[t] (unnormalised)
+    __shared__ float s_C[kMaxH * kMaxH];     // Sinkhorn matrix (h*h > 32 only)
+    __shared__ float s_pre[kMaxH];
+    __shared__ double s_red[kXWarps];
+    __shared__ int s_last;
+
+    const int b = blockIdx.x, t = blockIdx.y;
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+    const int S = a.S, mw = a.mw, h = a.h;
+    const int64_t hw = a.hw, d = a.d;
+    const float *Ht = a.H + (int64_t)t * hw;
+
+    // ---- phase 1: partial dots of this slice with fn rows w, w + kNW, ...
+    float f[kRU][8], xv[8];
+#pragma unroll
+    for (int u = 0; u < kRU; u++) {          // weights: safe before pdl_wait
+        const int j = w + kNW * u;
+        if (j < mw) load_fn<VEC>(a.fn + (size_t)j * a.fn_rb, a.f16, hw, b, lane, f[u]);
+    }
+    ds4cu::pdl_wait();                        // H, scratch and counters: after the previous kernel
+    ds4cu::pdl_trigger();
+    load_h<VEC>(Ht, hw, b, lane, xv);
+    if (w == kNW - 1) {
+        double ss = 0;
+#pragma unroll
+        for (int e = 0; e < 8; e++) ss += (double)xv[e] * xv[e];
+        ss = warp_sum_d(ss);
+        if (lane == 0) a.ssp[(int64_t)t * S + b] = ss;
+    }
+    for (int j0 = w;;) {
+#pragma unroll
+        for (int u = 0; u < kRU; u++) {
+            const int j = j0 + kNW * u;
+            if (j < mw) {                    // warp-uniform
+                float acc = 0;
+#pragma unroll
+                for (int e = 0; e < 8; e++) acc = fmaf(f[u][e], xv[e], acc);
+                acc = warp_sum(acc);
+                if (lane == 0) a.part[((int64_t)t * mw + j) * S + b] = acc;
+            }
+        }
+        j0 += kNW * kRU;
+        if (j0 >= mw) break;
+#pragma unroll
+        for (int u = 0; u < kRU; u++) {      // next group (mw > 27 only: h >= 5)
+            const int j = j0 + kNW * u;
+            if (j < mw) load_fn<VEC>(a.fn + (size_t)j * a.fn_rb, a.f16, hw, b, lane, f[u]);
+        }
+    }
+    // publish the partials and count this slice in; the S-th arrival is the last block.
+    // (The cooperative-groups grid-barrier pattern: the block barrier orders every
+    // thread's stores before thread 0's gpu-scope fence and atomic; the last block's
+    // thread 0 fences again before the barrier that releases its readers, who read the
+    // partials with ld.cg, never from L1.)
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        __threadfence();
+        const bool last = atomicAdd(&a.cnt[t], 1u) == (unsigned)(S - 1);
+        if (last) {
+            __threadfence();
+            a.cnt[t] = 0;                    // no other block of this launch touches it again
+        }
+        s_last = last;
+    }
+    __syncthreads();
+    if (!s_last) return;                     // block-uniform
+
+    // ---- epilogue (one block per token)
+    const bool xw = w < kXWarps;
+    const int xt = threadIdx.x;              // x thread index (valid when xw)
+    constexpr int KVR = KV > 0 ? KV : 1;
+    const int64_t d4 = d / 4;
+    const float4 *H4 = (const float4 *)Ht, *w4 = (const float4 *)a.norm_w;
+    if (KV > 0 && xw) {
+        // pull this thread's chunks of H[t] and norm_w into L1 now, so that their memory
+        // latency overlaps the partial reduction; prefetches hold no registers (loads
+        // held in registers across it would raise the kernel's register count, which
+        // phase 1's occupancy pays in prefill)
+#pragma unroll
+        for (int k = 0; k < KVR; k++) {
+            const int64_t i = xt + (int64_t)k * kXThreads;
+            if (i < d4) {
+#pragma unroll
+                for (int c = 0; c < 4; c++)
+                    if (c < h) prefetch_l1(H4 + c * d4 + i);
+                prefetch_l1(w4 + i);
+            }
+        }
+    }
+    // mix: row r < mw sums its S partials (lanes over slices, fixed shuffle tree); the
+    // Sinkhorn warp also sums the f64 squares. The divisions / sqrt that follow (ptxas
+    // subroutine calls) run in the Sinkhorn warp's branch, where no x-path value is live:
+    // values live across such a call were spilled to the stack in an earlier version.
+    for (int r = w; r < mw; r += kNW) {      // warp-uniform
+        const float *p = a.part + ((int64_t)t * mw + r) * S;
+        float acc = 0;
+        for (int i = lane; i < S; i += 32) acc += __ldcg(p + i);
+        acc = warp_sum(acc);
+        if (lane == 0) s_dot[r] = acc;
+    }
+    double ssf = 0;
+    if (w == kNW - 1) {
+        const double *p = a.ssp + (int64_t)t * S;
+        for (int i = lane; i < S; i += 32) ssf += __ldcg(p + i);
+        ssf = warp_sum_d(ssf);               // the same value on every lane
+    }
+    __syncthreads();                          // s_dot complete (last barrier of all 288 threads)
+    if (w == kNW - 1) {
+        // rmsnorm's scale of the flat row, then pre / post (cpu_hc_pre's expressions) by
+        // lanes < h; published to the x warps by a non-blocking arrive on barrier 2
+        const float sc = (float)(1.0 / sqrt(ssf / (double)hw + a.eps)), eps = a.hc_eps;
+        if (lane < h) {
+            const float m0 = __fmul_rn(sc, s_dot[lane]), m1 = __fmul_rn(sc, s_dot[h + lane]);
+            s_pre[lane] = __fadd_rn(sigm(__fadd_rn(__fmul_rn(m0, a.scale[0]), a.base[lane])), eps);
+            a.post[(int64_t)t * h + lane] = __fmul_rn(2.0f, sigm(__fadd_rn(__fmul_rn(m1, a.scale[1]), a.base[h + lane])));
+        }
+        bar_pre_arrive();
+        // comb: row softmax of m·s2 + b, + eps, then iters Sinkhorn rounds (the row
+        // normalisation skipped in the first), each element with the CPU's operations
+        // in the CPU's order (sums in index order, C / (s + eps))
+        const float s2 = a.scale[2];
+        const float *bc = a.base + 2 * h;
+        float *ct = a.comb + (int64_t)t * h * h;
+        if (h * h <= 32) {                   // lane r*h + c owns element (r, c)
+            const bool own = lane < h * h;
+            const int r = own ? lane / h : 0, c = own ? lane % h : 0;
+            float v = own ? __fadd_rn(__fmul_rn(__fmul_rn(sc, s_dot[2 * h + lane]), s2), bc[lane]) : 0.0f;
+            float mx = -INFINITY;
+            for (int j = 0; j < h; j++) mx = fmaxf(mx, __shfl_sync(0xffffffffu, v, r * h + j));
+            v = expf(__fsub_rn(v, mx));
+            float s = 0;
+            for (int j = 0; j < h; j++) s = __fadd_rn(s, __shfl_sync(0xffffffffu, v, r * h + j));
+            v = __fadd_rn(__fdiv_rn(v, s), eps);
+            for (int it = 0; it < a.iters; it++) {
+                if (it > 0) {
+                    s = 0;
+                    for (int j = 0; j < h; j++) s = __fadd_rn(s, __shfl_sync(0xffffffffu, v, r * h + j));
+                    v = __fdiv_rn(v, __fadd_rn(s, eps));
+                }
+                s = 0;
+                for (int i = 0; i < h; i++) s = __fadd_rn(s, __shfl_sync(0xffffffffu, v, i * h + c));
+                v = __fdiv_rn(v, __fadd_rn(s, eps));
+            }
+            if (own) ct[lane] = v;
+        } else {                             // lane i < h owns row i and column i (shared)
+            float *C = s_C;
+            const int i = lane;
+            if (i < h) {
+                float mx = -INFINITY;
+                for (int j = 0; j < h; j++) {
+                    C[i * h + j] = __fadd_rn(__fmul_rn(__fmul_rn(sc, s_dot[2 * h + i * h + j]), s2), bc[i * h + j]);
+                    mx = fmaxf(mx, C[i * h + j]);
+                }
+                float s = 0;
+                for (int j = 0; j < h; j++) s = __fadd_rn(s, (C[i * h + j] = expf(__fsub_rn(C[i * h + j], mx))));
+                for (int j = 0; j < h; j++) C[i * h + j] = __fadd_rn(__fdiv_rn(C[i * h + j], s), eps);
+            }
+            __syncwarp();
+            for (int it = 0; it < a.iters; it++) {
+                if (it > 0) {
+                    if (i < h) {
+                        float s = 0;
+                        for (int j = 0; j < h; j++) s = __fadd_rn(s, C[i * h + j]);
+                        for (int j = 0; j < h; j++) C[i * h + j] = __fdiv_rn(C[i * h + j], __fadd_rn(s, eps));
+                    }
+                    __syncwarp();
+                }
+                if (i < h) {
+                    float s = 0;
+                    for (int r = 0; r < h; r++) s = __fadd_rn(s, C[r * h + i]);
+                    for (int r = 0; r < h; r++) C[r * h + i] = __fdiv_rn(C[r * h + i], __fadd_rn(s, eps));
+                }
+                __syncwarp();
+            }
+            for (int e = lane; e < h * h; e += 32) ct[e] = C[e];
+        }
+        return;                              // no block-wide barrier follows
+    }
+
+    // x warps: x = Σ_k pre[k]·H[t][k] (k ascending, from 0), then xn = (x·scale)·w
+    bar_pre_sync();                          // s_pre from the Sinkhorn warp
+    float *xo = a.xn + (int64_t)t * d;
+    double ss = 0;
+    if (KV > 0) {
+        float pr[4];
+#pragma unroll
+        for (int c = 0; c < 4; c++) pr[c] = c < h ? s_pre[c] : 0.0f;
+        float4 xs[KVR];
+#pragma unroll
+        for (int k = 0; k < KVR; k++) {
+            const int64_t i = xt + (int64_t)k * kXThreads;
+            float4 o = make_float4(0.f, 0.f, 0.f, 0.f);
+            if (i < d4) {
+#pragma unroll
+                for (int c = 0; c < 4; c++)
+                    if (c < h) {
+                        const float4 hv = H4[c * d4 + i];
+                        o.x = __fadd_rn(o.x, __fmul_rn(pr[c], hv.x));
+                        o.y = __fadd_rn(o.y, __fmul_rn(pr[c], hv.y));
+                        o.z = __fadd_rn(o.z, __fmul_rn(pr[c], hv.z));
+                        o.w = __fadd_rn(o.w, __fmul_rn(pr[c], hv.w));
+                    }
+                ss += (double)o.x * o.x;
+                ss += (double)o.y * o.y;
+                ss += (double)o.z * o.z;
+                ss += (double)o.w * o.w;
+            }
+            xs[k] = o;
+        }
+        ss = warp_sum_d(ss);
+        if (lane == 0) s_red[w] = ss;
+        bar_x();
+        double tot = 0;
+        for (int i = 0; i < kXWarps; i++) tot += s_red[i];
+        const float scale = (float)(1.0 / sqrt(tot / (double)d + a.eps));
+        float4 *x4 = (float4 *)xo;
+#pragma unroll
+        for (int k = 0; k < KVR; k++) {
+            const int64_t i = xt + (int64_t)k * kXThreads;
+            if (i < d4) {
+                const float4 wv = w4[i];
+                float4 o;
+                o.x = __fmul_rn(__fmul_rn(xs[k].x, scale), wv.x);
+                o.y = __fmul_rn(__fmul_rn(xs[k].y, scale), wv.y);
+                o.z = __fmul_rn(__fmul_rn(xs[k].z, scale), wv.z);
+                o.w = __fmul_rn(__fmul_rn(xs[k].w, scale), wv.w);
+                x4[i] = o;
+            }
+        }
+    } else {
+        for (int64_t i = xt; i < d; i += kXThreads) {
+            float s = 0;
+            for (int k = 0; k < h; k++) s = __fadd_rn(s, __fmul_rn(s_pre[k], Ht[k * d + i]));
+            xo[i] = s;                       // re-read below by this same thread only
+            ss += (double)s * s;
+        }
+        ss = warp_sum_d(ss);
+        if (lane == 0) s_red[w] = ss;
+        bar_x();
+        double tot = 0;
+        for (int i = 0; i < kXWarps; i++) tot += s_red[i];
+        const float scale = (float)(1.0 / sqrt(tot / (double)d + a.eps));
+        for (int64_t i = xt; i < d; i += kXThreads) xo[i] = __fmul_rn(__fmul_rn(xo[i], scale), a.norm_w[i]);
+    }
+}
+
+bool al(const void *p, size_t n) { return (uintptr_t)p % n == 0; }
+
+// The op sequence the contract names, through the backend's own ops (fn types without a
+// fused kernel). Scratch SCR_HC holds flat [n_tok][hw] and mix [n_tok][mw]; x goes to xn
+// and is normalised in place (rmsnorm allows x == y).
+void hc_site_seq(ds4_backend *be, const ds4_tensor *fn, const float *scale, const float *base, const float *H, int n_tok,
+                 int h, int64_t d, int iters, double hc_eps, double eps, const float *norm_w, float *post, float *comb,
+                 float *xn) {
+    const int64_t hw = (int64_t)h * d, mw = (int64_t)(2 + h) * h;
+    const size_t flat_b = ((size_t)n_tok * hw * sizeof(float) + 255) & ~(size_t)255;
+    uint8_t *scr = (uint8_t *)ds4cu::scratch(be, ds4cu::SCR_HC, flat_b + (size_t)n_tok * mw * sizeof(float));
+    float *flat = (float *)scr, *mix = (float *)(scr + flat_b);
+    be->rmsnorm(be, H, hw, NULL, flat, hw, hw, n_tok, eps);
+    be->matmul(be, fn, 0, 0, (uint64_t)mw, flat, hw, mix, mw, n_tok);
+    be->hc_pre(be, mix, scale, base, H, n_tok, h, d, iters, hc_eps, xn, post, comb);
+    be->rmsnorm(be, xn, d, norm_w, xn, d, d, n_tok, eps);
+}
+
+}  // namespace
+
+void ds4cu_hc_site(ds4_backend *be, const ds4_tensor *fn, const float *scale, const float *base, const float *H,
+                   int n_tok, int h, int64_t d, int iters, double hc_eps, double eps, const float *norm_w, float *post,
+                   float *comb, float *xn) {
+    DS4_ASSERT(h >= 1 && h <= kMaxH && d >= 1);
+    if (n_tok <= 0) return;
+    const int mw = (2 + h) * h;
+    const int64_t hw = (int64_t)h * d;
+    DS4_ASSERT(fn->ne[0] == (uint64_t)hw && fn->ne[1] >= (uint64_t)mw);
+    if (fn->type != DS4_TYPE_F16 && fn->type != DS4_TYPE_F32) {
+        hc_site_seq(be, fn, scale, base, H, n_tok, h, d, iters, hc_eps, eps, norm_w, post, comb, xn);
+        return;
+    }
+    HcArgs a;
+    a.fn = (const uint8_t *)ds4cu::dev_of(be, fn->data);
+    a.fn_rb = (size_t)fn->row_bytes;
+    a.f16 = fn->type == DS4_TYPE_F16;
+    a.scale = scale;
+    a.base = base;
+    a.norm_w = norm_w;
+    a.h = h;
+    a.mw = mw;
+    a.d = d;
+    a.hw = hw;
+    a.iters = iters;
+    a.hc_eps = (float)hc_eps;
+    a.eps = eps;
+    const int64_t S = (hw + kCols - 1) / kCols;
+    DS4_ASSERT(S <= 0x7fffffff);
+    a.S = (int)S;
+    // float4 phase 1: 16-byte H rows, fn rows aligned to its 4-element chunks (8 / 16 B)
+    const size_t fa = a.f16 ? 8 : 16;
+    const bool vec = hw % 4 == 0 && al(H, 16) && al(a.fn, fa) && a.fn_rb % fa == 0;
+    // register epilogue: h <= 4 streams of d4 float4 chunks over kXThreads threads
+    const int64_t d4 = d / 4;
+    int kv = 0;
+    if (vec && d % 4 == 0 && h <= 4 && al(xn, 16) && al(norm_w, 16))
+        kv = d4 <= kXThreads ? 1 : d4 <= 2 * kXThreads ? 2 : d4 <= 4 * kXThreads ? 4 : 0;
+    void (*k)(HcArgs) = kv == 1 ? k_hc_site<1, true>
+                        : kv == 2 ? k_hc_site<2, true>
+                        : kv == 4 ? k_hc_site<4, true>
+                        : vec     ? k_hc_site<0, true>
+                                  : k_hc_site<0, false>;
+    // scratch for one launch of up to kTokPerLaunch tokens: ssp (f64) then part (f32)
+    const int nt_max = n_tok < kTokPerLaunch ? n_tok : kTokPerLaunch;
+    const size_t ssp_b = ((size_t)nt_max * S * sizeof(double) + 255) & ~(size_t)255;
+    uint8_t *scr = (uint8_t *)ds4cu::scratch(be, ds4cu::SCR_HC, ssp_b + (size_t)nt_max * mw * S * sizeof(float));
+    a.ssp = (double *)scr;
+    a.part = (float *)(scr + ssp_b);
+    a.cnt = ds4cu::counters(be) + ds4cu::CNT_HC;
+    // launches of <= 1024 tokens run in stream order, so they reuse scratch and counters
+    for (int t0 = 0; t0 < n_tok; t0 += kTokPerLaunch) {
+        const int nt = n_tok - t0 < kTokPerLaunch ? n_tok - t0 : kTokPerLaunch;
+        a.H = H + (int64_t)t0 * hw;
+        a.post = post + (int64_t)t0 * h;
+        a.comb = comb + (int64_t)t0 * h * h;
+        a.xn = xn + (int64_t)t0 * d;
+        DS4CU_CK(ds4cu::launch(k, dim3((unsigned)S, (unsigned)nt), dim3(kThreads), 0, ds4cu::stream(be), a));
+    }
+}
