@@ -171,13 +171,15 @@ static void moe_case(ds4_backend *C, ds4_backend *G, const char *mode, int n, bo
     const uint64_t sb = rb * 64 * ne;
     const ds4_tensor gate = view(src, 0, d, ff, ne), up = view(src, sb, d, ff, ne), down = view(src, 2 * sb, ff, d, ne);
     const double w_scale = 1.5;
-    const float clamp = 2.0f;
+    const float clamp = 4.0f;
     std::vector<float> lgv = rvec((size_t)(n * ne), 3), bias = hashed ? std::vector<float>() : rvec((size_t)ne, 0.5f);
     std::vector<int32_t> hs;
     if (hashed)
         for (int t = 0; t < n; t++)
             for (int j = 0; j < k; j++) hs.push_back((int32_t)((t * 3 + j * 5 + 1) % ne));  // distinct per token
-    Pair lg = put(C, G, lgv), x = put(C, G, rvec((size_t)(n * d)));
+    // x scaled so that y is O(1) (the bound is relative to max(1, max|y|)) and the
+    // clamp is active for part of the gate / up values
+    Pair lg = put(C, G, lgv), x = put(C, G, rvec((size_t)(n * d), 20));
     Pair bs = put(C, G, hashed ? std::vector<float>(1, 0.f) : bias);
     Pair y = put(C, G, std::vector<float>((size_t)(n * d), 0.f)), y2 = put(C, G, std::vector<float>((size_t)(n * d), 0.f));
     Pair xg = put(C, G, std::vector<float>((size_t)(n * d), 0.f)), g = put(C, G, std::vector<float>((size_t)(n * ff), 0.f));

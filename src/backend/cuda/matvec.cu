@@ -1,9 +1,10 @@
 // matvec.cu — quantized matrix-vector products on the GPU (the decode hot path).
 //
-// Owns: y = W·x for GGML-layout weight rows (F32, F16, Q8_0, Q2_K, Q4_K, IQ2_XXS), one
-// matrix or an id-selected set of matrices of a stack per launch, with activations
-// either exact f32 or quantized to Q8_0 / Q8_K exactly like ds4_quantize_act_row; and
-// the stand-alone activation quantizer. Must not: allocate device memory, synchronize,
+// Owns: y = W·x for GGML-layout weight rows (F32, F16, Q8_0, Q2_K, Q4_K, IQ2_XXS): one
+// matrix, an id-selected set of matrices of a stack, or a list of such entries sharing x
+// per launch, with activations either exact f32 or quantized to Q8_0 / Q8_K exactly like
+// ds4_quantize_act_row (optionally made in the prologue as swiglu(g, u)·w); and the
+// stand-alone activation quantizer. Must not: allocate device memory, synchronize,
 // repack weights, or know tensor roles (see cuda_matvec.h for the contract).
 //
 // Design (the numbers are in bench/RESULTS.md):
@@ -23,6 +24,14 @@
 //    quants 16-byte aligned, f32 scales, int32 16-element sums), built once per block:
 //    quantized in the kernel (ACT_QUANT), converted from GGML blocks (pre-quantized), or
 //    copied (f32).
+//  * Matrix lists: work items (row groups) are numbered entry by entry; each entry keeps
+//    the tile geometry it would have alone (rows per tile from its row count; chunking
+//    from type, k and alignment, which a launch's entries share), so a list launch and
+//    one launch per matrix give the same bits — only the launches and the activation
+//    prologues are saved.
+//  * One x per selection (o_a's groups, the routed down projections, token batches):
+//    each block owns a contiguous range of items and builds only the activation vectors
+//    of the selections in it (one or two instead of all of them).
 //  * IQ2_XXS needs two table lookups per 8 weights; its decoders are selectable (see
 //    ds4_cuda_matvec_set_iq2_variant) because shared-memory bank conflicts on those
 //    lookups, not DRAM, bound it.
