@@ -92,6 +92,19 @@ def cases(bindir, work, only=None):
             rng = np.random.default_rng(5)
             tj.write_text(json.dumps([int(v) for v in rng.integers(0, 256, 96)]))
         yield f"tiny/{t}", g, tj, None
+    # Flash-shaped (d 4096, 64 heads x 512, 256 experts, CSA + HCA layers) with a few
+    # layers: the real kernels' shapes and fast paths (ENGINE_GPU_FLASH=N layers, 0 = off;
+    # the q2 file is ~9.5 GB at 4 layers, generated on the machine)
+    nfl = int(os.environ.get("ENGINE_GPU_FLASH", "0"))
+    if nfl > 0 and (not only or only in "flash"):
+        g = work / f"flash{nfl}_q2.gguf"
+        if not g.exists():
+            run([q, "--synthetic", "flash", "--type", "q2", "--layers", str(nfl), "-o", g, "--seed", "11"])
+        tj = work / "flash_tokens.json"
+        if not tj.exists():
+            rng = np.random.default_rng(9)
+            tj.write_text(json.dumps([int(v) for v in rng.integers(0, 129280, 40)]))
+        yield f"flash{nfl}/q2", g, tj, None
 
 
 def main():
