@@ -90,7 +90,7 @@ struct cu_impl {
     int prof;               // 0 off, 1 synchronised per op, 2 device events (see Prof)
     bool prof_decode;       // the current chunk has one token (set by get_rows)
     int prof_depth;
-    cudaEvent_t ev[kProfEv + 1];
+    cudaEvent_t ev[kProfEv + 1], ev_end[kProfEv]; // ev_end: mode 3 only
     int ev_lab[kProfEv], ev_n;
     char lab_name[kProfLab][64];
     double lab_t[kProfLab];
@@ -175,9 +175,10 @@ struct Prof {
     double t0;
     Prof(cu_impl *i, int o, const char *label = nullptr) : im(i), op(o), t0(0) {
         if (!im->prof || !im->prof_decode || im->prof_depth++ > 0) return;
-        if (im->prof == 2) {
+        if (im->prof >= 2) {
             if (im->ev_n == kProfEv) prof_ev_flush(im);
             im->ev_lab[im->ev_n] = label ? prof_label(im, label) : prof_label(im, kProfName[o]);
+            if (im->prof == 3) cudaStreamSynchronize(im->st);
             cudaEventRecord(im->ev[im->ev_n++], im->st);
             return;
         }
@@ -186,7 +187,8 @@ struct Prof {
     }
     ~Prof() {
         if (!im->prof || !im->prof_decode || --im->prof_depth > 0) return;
-        if (im->prof == 2) return;
+        if (im->prof == 3 && im->ev_n > 0) cudaEventRecord(im->ev_end[im->ev_n - 1], im->st);
+        if (im->prof >= 2) return;
         cudaStreamSynchronize(im->st);
         im->prof_t[op] += now_s() - t0;
         im->prof_n[op]++;
@@ -806,6 +808,8 @@ void cu_read(ds4_backend *be, void *dst, const void *src, size_t n) {
     if (!n) return;
     CK(cudaMemcpyAsync(dst, src, n, cudaMemcpyDeviceToHost, IMPL(be)->st));
     CK(cudaStreamSynchronize(IMPL(be)->st));
+    // mode 2 charges ops up to now; mode 3 flushes when its list is full or at free (this
+    // READ's own end event is recorded only after it returns)
     if (IMPL(be)->prof == 2 && IMPL(be)->prof_depth == 1) prof_ev_flush(IMPL(be));
 }
 void cu_copy(ds4_backend *be, void *dst, const void *src, size_t n) {
@@ -930,7 +934,7 @@ int64_t act_bytes(uint32_t wtype, int64_t k, bool quant) {
 void cu_matmul(ds4_backend *be, const ds4_tensor *W, uint64_t slab, uint64_t row0, uint64_t n_rows, const float *x,
                int64_t xs, float *y, int64_t ys, int n_tok) {
     char lab[64] = "";
-    if (IMPL(be)->prof == 2)
+    if (IMPL(be)->prof >= 2)
         snprintf(lab, sizeof lab, "matmul %s %llux%llu", ds4_type_name(W->type), (unsigned long long)n_rows,
                  (unsigned long long)W->ne[0]);
     Prof prof_(IMPL(be), P_MATMUL, lab[0] ? lab : nullptr);
@@ -1272,12 +1276,13 @@ void cu_free(ds4_backend *be) {
     cu_impl *im = IMPL(be);
     if (im) {
         if (im->st) cudaStreamSynchronize(im->st);
-        if (im->prof == 2) {
+        if (im->prof >= 2) {
             prof_ev_flush(im);
             double tot = 0;
             for (int i = 0; i < im->lab_n; i++) tot += im->lab_t[i];
-            fprintf(stderr, "cuda op profile (decode chunks only, device events, no sync): %.3f s total\n%-34s %9s %11s %9s %7s\n",
-                    tot, "op", "calls", "total ms", "us/call", "share");
+            fprintf(stderr, "cuda op profile (decode chunks only, device events, %s): %.3f s total\n%-34s %9s %11s %9s %7s\n",
+                    im->prof == 3 ? "each op alone: synchronised before" : "no sync: op start to next op start", tot, "op",
+                    "calls", "total ms", "us/call", "share");
             for (int pass = 0; pass < im->lab_n; pass++) { // largest first
                 int b = -1;
                 for (int i = 0; i < im->lab_n; i++)
@@ -1286,8 +1291,10 @@ void cu_free(ds4_backend *be) {
                         1e6 * im->lab_t[b] / (im->lab_c[b] ? im->lab_c[b] : 1), 100.0 * im->lab_t[b] / (tot > 0 ? tot : 1));
                 im->lab_c[b] = -1;
             }
-            for (int i = 0; i <= kProfEv; i++)
+            for (int i = 0; i <= kProfEv; i++) {
                 if (im->ev[i]) cudaEventDestroy(im->ev[i]);
+                if (i < kProfEv && im->ev_end[i]) cudaEventDestroy(im->ev_end[i]);
+            }
         }
         if (im->prof == 1) {
             double tot = 0;
@@ -1338,7 +1345,7 @@ void prof_ev_flush(cu_impl *im) {
     cudaEventSynchronize(im->ev[im->ev_n]);
     for (int i = 0; i < im->ev_n; i++) {
         float ms = 0;
-        cudaEventElapsedTime(&ms, im->ev[i], im->ev[i + 1]);
+        cudaEventElapsedTime(&ms, im->ev[i], im->prof == 3 ? im->ev_end[i] : im->ev[i + 1]);
         im->lab_t[im->ev_lab[i]] += 1e-3 * ms;
         im->lab_c[im->ev_lab[i]]++;
     }
@@ -1378,7 +1385,7 @@ void cu_attention_ex(ds4_backend *be, const float *q, int n_head, int64_t hd, co
 void cu_matmul_multi(ds4_backend *be, int n, const ds4_tensor *const *W, float *const *y, const int64_t *ys, const float *x,
                      int64_t xs, int n_tok) {
     char lab[64] = "";
-    if (IMPL(be)->prof == 2)
+    if (IMPL(be)->prof >= 2)
         snprintf(lab, sizeof lab, "matmul_multi %d %s k%llu", n, ds4_type_name(W[0]->type), (unsigned long long)W[0]->ne[0]);
     Prof prof_(IMPL(be), P_MATMUL_MULTI, lab[0] ? lab : nullptr);
     ds4cu_matmul_multi(be, n, W, y, ys, x, xs, n_tok);
@@ -1517,13 +1524,17 @@ extern "C" int ds4_backend_cuda_create(ds4_backend **out, const ds4_model *m, ds
     be->fp8_sim = cu_fp8_sim;
     be->hadamard_fp4_sim = cu_hadamard_fp4_sim;
     be->round_f16 = cu_round_f16;
-    // DS4_CUDA_NO_FUSED=1: none of the fused ops (forward.c's op sequences instead)
-    if (!getenv("DS4_CUDA_NO_FUSED")) {
-        be->hc_site = cu_hc_site;
-        be->qkv_rope = cu_qkv_rope;
-        be->topk_dev = cu_topk_dev;
-        be->attention_ex = cu_attention_ex;
-        be->matmul_multi = cu_matmul_multi;
+    // DS4_CUDA_NO_FUSED=1: none of the fused ops (forward.c's op sequences instead);
+    // a comma list (hc,qkv,topk,attn,mm) turns off only those (diagnostics)
+    {
+        const char *nf = getenv("DS4_CUDA_NO_FUSED");
+        const bool all = nf && (!strcmp(nf, "1") || !strcmp(nf, "all"));
+        auto off = [&](const char *k) { return all || (nf && strstr(nf, k)); };
+        be->hc_site = off("hc") ? NULL : cu_hc_site;
+        be->qkv_rope = off("qkv") ? NULL : cu_qkv_rope;
+        be->topk_dev = off("topk") ? NULL : cu_topk_dev;
+        be->attention_ex = off("attn") ? NULL : cu_attention_ex;
+        be->matmul_multi = off("mm") ? NULL : cu_matmul_multi;
     }
     be->moe_routed = getenv("DS4_CUDA_NO_FUSED_MOE") ? NULL : cu_moe_routed;
     be->matmul_groups = getenv("DS4_CUDA_NO_FUSED_MOE") ? NULL : cu_matmul_groups;
@@ -1531,9 +1542,12 @@ extern "C" int ds4_backend_cuda_create(ds4_backend **out, const ds4_model *m, ds
         const char *pq = getenv("DS4_CUDA_PREQ");
         im->preq = pq && *pq == '1';
         const char *pf = getenv("DS4_CUDA_PROFILE");
-        im->prof = pf && *pf == '1' ? 1 : pf && *pf == '2' ? 2 : 0;
-        if (im->prof == 2)
-            for (int i = 0; i <= kProfEv; i++) TRY_GO(cudaEventCreate(&im->ev[i]));
+        im->prof = pf && *pf >= '1' && *pf <= '3' ? *pf - '0' : 0;
+        if (im->prof >= 2)
+            for (int i = 0; i <= kProfEv; i++) {
+                TRY_GO(cudaEventCreate(&im->ev[i]));
+                if (i < kProfEv && im->prof == 3) TRY_GO(cudaEventCreate(&im->ev_end[i]));
+            }
     }
     *out = be;
     return 0;
