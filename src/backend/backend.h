@@ -175,10 +175,14 @@ struct ds4_backend {
      * contributions in ascending expert id into y[t] (zeroed first): exact:
      * y += w · (down · swiglu(gate·x, up·x)); production: y += down · (swiglu(...) · w),
      * swiglu with the clamp as the swiglu op, every step with the rounding of the generic
-     * sequence (matmul / swiglu / axpy), so both paths give the same values. */
+     * sequence (matmul / swiglu / axpy), so both paths give the same values.
+     * When gate_sh is not NULL, the shared expert follows for each token, as forward.c's
+     * sequence: g = gate_sh·x, u = up_sh·x, g = swiglu(g, u) (clamp, scale 1),
+     * dn = down_sh·g, y += dn (axpy with a = 1), with that sequence's values. */
     void (*moe_routed)(ds4_backend *be, const float *lg, const float *bias, const int32_t *hash_sel,
-                       const ds4_tensor *gate, const ds4_tensor *up, const ds4_tensor *down, const float *x, int n,
-                       int k, double w_scale, float clamp, float *y);
+                       const ds4_tensor *gate, const ds4_tensor *up, const ds4_tensor *down, const ds4_tensor *gate_sh,
+                       const ds4_tensor *up_sh, const ds4_tensor *down_sh, const float *x, int n, int k,
+                       double w_scale, float clamp, float *y);
 
     /* ---- optional fused ops for the latency of single-token decode (NULL: forward.c runs
      * the op sequence each one names). forward.c uses them for every chunk size, so a
@@ -201,6 +205,13 @@ struct ds4_backend {
     void (*hc_site)(ds4_backend *be, const ds4_tensor *fn, const float *scale, const float *base, const float *H,
                     int n_tok, int h, int64_t d, int iters, double hc_eps, double eps, const float *norm_w,
                     float *post, float *comb, float *xn);
+    /* hc_post_site: hc_post then hc_site in one op (the end of one sublayer and the HC site
+     * of the next): H = hc_post(y, Hprev, post, comb) with hc_post's values (H must not
+     * alias Hprev), then hc_site on H, which overwrites post and comb with the new site's
+     * (every read of the old ones happens first). */
+    void (*hc_post_site)(ds4_backend *be, const float *y, const float *Hprev, float *H, const ds4_tensor *fn,
+                         const float *scale, const float *base, int n_tok, int h, int64_t d, int iters, double hc_eps,
+                         double eps, const float *norm_w, float *post, float *comb, float *xn);
 
     /* qkv_rope: the per-token chain of one position pos before attention (the sequence
      * rmsnorm, rope, fp8_sim, round_f16, copy, axpy of forward.c):

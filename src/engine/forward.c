@@ -54,6 +54,28 @@ static void matmul_set(ds4_backend *be, int cnt, const ds4_tensor *const *W, flo
     for (int j = 0; j < cnt; j++) be->matmul(be, W[j], 0, 0, W[j]->ne[1], x, xs, y[j], ys[j], n);
 }
 
+static void hc_apply(ds4_session *s, int n);
+
+/* The HC site that follows a sublayer whose output sc->y still has to be applied to the
+ * streams (hc_post, §6) when post_first: one fused op when the backend has it. */
+static void hc_next_site(ds4_session *s, bool post_first, const ds4_tensor *fn, const float *scale,
+                         const float *base, const float *norm_w, int n) {
+    ds4_engine *e = s->e;
+    ds4_backend *be = e->be;
+    const ds4_hparams *hp = &e->model->hp;
+    ds4_scratch *sc = &s->s;
+    if (post_first && be->hc_post_site) {
+        be->hc_post_site(be, sc->y, sc->H, sc->H2, fn, scale, base, n, (int)hp->n_hc, hp->n_embd,
+                         (int)hp->hc_sinkhorn_iters, hp->hc_eps, hp->rms_eps, norm_w, sc->post, sc->comb, sc->x);
+        float *t = sc->H;
+        sc->H = sc->H2;
+        sc->H2 = t;
+        return;
+    }
+    if (post_first) hc_apply(s, n);
+    hc_site(s, fn, scale, base, norm_w, n);
+}
+
 static void hc_apply(ds4_session *s, int n) {
     ds4_engine *e = s->e;
     const ds4_hparams *hp = &e->model->hp;
@@ -146,8 +168,9 @@ static void moe(ds4_session *s, int il, const int32_t *tok, int n) {
                 memcpy(sc->sel + t * k, (const int32_t *)L->tid2eid.data + (int64_t)tok[t] * k, (size_t)k * sizeof(int32_t));
             hs = sc->sel;
         }
-        be->moe_routed(be, sc->rlog, v->exp_probs_b, hs, &L->gate_exps, &L->up_exps, &L->down_exps, sc->x, n, k,
-                       hp->expert_weights_scale, clamp, sc->y);
+        be->moe_routed(be, sc->rlog, v->exp_probs_b, hs, &L->gate_exps, &L->up_exps, &L->down_exps, &L->gate_sh,
+                       &L->up_sh, &L->down_sh, sc->x, n, k, hp->expert_weights_scale, clamp, sc->y);
+        return; /* the shared expert is part of the op */
     } else {
         be->read(be, sc->hrlog, sc->rlog, (size_t)n * ne * sizeof(float));
         float *bias_host = sc->hrlog + (int64_t)n * ne; /* one extra row reserved for the bias */
@@ -194,7 +217,9 @@ static void moe(ds4_session *s, int il, const int32_t *tok, int n) {
     be->axpy(be, sc->y, sc->dn, 1.0f, n * d);
 }
 
-static void attention_layer(ds4_session *s, int il, int n) {
+/* Attention sublayer of layer il; its output is left in sc->y (the caller's next HC site
+ * applies it). post_first: the previous sublayer's output is still pending. */
+static void attention_layer(ds4_session *s, int il, int n, bool post_first) {
     ds4_engine *e = s->e;
     ds4_backend *be = e->be;
     const ds4_model *m = e->model;
@@ -214,7 +239,7 @@ static void attention_layer(ds4_session *s, int il, int n) {
      * rotated with `inv`, which for CSA layers (R != 0) is inv_freq_comp as below */
     const bool fq = be->qkv_rope != NULL, fa = be->attention_ex != NULL;
 
-    hc_site(s, &L->hc_attn_fn, v->hc_attn_scale, v->hc_attn_base, v->attn_norm, n);
+    hc_next_site(s, post_first, &L->hc_attn_fn, v->hc_attn_scale, v->hc_attn_base, v->attn_norm, n);
     /* every projection of x (§7.2, §7.3, §7.5, §7.6): q low-rank A, the shared K=V head,
      * the compressor and indexer projections */
     {
@@ -332,7 +357,6 @@ static void attention_layer(ds4_session *s, int il, int n) {
             be->matmul(be, &L->o_a, 0, (uint64_t)(g * ol), (uint64_t)ol, sc->ao + g * gin, qd, sc->oa + g * ol, G * ol,
                        n);
     be->matmul(be, &L->o_b, 0, 0, (uint64_t)d, sc->oa, G * ol, sc->y, d, n);
-    hc_apply(s, n);
 }
 
 int ds4_forward_chunk(ds4_session *s, const int32_t *tok, int n, bool all_logits, ds4_logits_cb cb, void *user) {
@@ -349,13 +373,14 @@ int ds4_forward_chunk(ds4_session *s, const int32_t *tok, int n, bool all_logits
     for (int t = 0; t < n; t++)
         for (int k = 0; k < h; k++) be->copy(be, sc->H + t * hw + k * d, sc->x + t * d, (size_t)d * sizeof(float));
 
+    /* each sublayer's output (sc->y) is applied to the streams by the next HC site */
     for (int il = 0; il < (int)hp->n_layer; il++) {
-        attention_layer(s, il, n);
+        attention_layer(s, il, n, il > 0);
         const ds4_layer_vecs *v = &e->lv[il];
-        hc_site(s, &m->layers[il].hc_ffn_fn, v->hc_ffn_scale, v->hc_ffn_base, v->ffn_norm, n);
+        hc_next_site(s, true, &m->layers[il].hc_ffn_fn, v->hc_ffn_scale, v->hc_ffn_base, v->ffn_norm, n);
         moe(s, il, tok, n);
-        hc_apply(s, n);
     }
+    if (hp->n_layer > 0) hc_apply(s, n);
 
     /* output head (§9) for the positions that need logits */
     const int t0 = all_logits ? 0 : n - 1, cnt = n - t0;

@@ -105,8 +105,8 @@ static ds4_tensor view(const ds4_tensor *src, uint64_t byte_off, uint64_t ne0, u
 // ascending id: gather, gate, up, swiglu, down, axpy into y (zeroed).
 static void moe_sequence(ds4_backend *B, bool exact, const std::vector<float> &lg, const std::vector<float> &bias,
                          const int32_t *hash_sel, const ds4_tensor *gate, const ds4_tensor *up, const ds4_tensor *down,
-                         const float *x, int n, int k, double w_scale, float clamp, float *y, float *xg, float *g, float *u,
-                         float *dn) {
+                         const ds4_tensor *const *sh, const float *x, int n, int k, double w_scale, float clamp, float *y,
+                         float *xg, float *g, float *u, float *dn) {
     const int ne = (int)gate->ne[2];
     const int64_t d = (int64_t)gate->ne[0], ff = (int64_t)gate->ne[1];
     std::vector<int32_t> sel((size_t)(n * k));
@@ -154,13 +154,20 @@ static void moe_sequence(ds4_backend *B, bool exact, const std::vector<float> &l
             for (int j = 0; j < cnt; j++) B->axpy(B, y + etok[(size_t)j] * d, dn + j * d, 1.0f, d);
         }
     }
+    if (sh) {  // the shared expert, as forward.c's moe() (sh: gate, up, down; ff rows as the experts')
+        B->matmul(B, sh[0], 0, 0, (uint64_t)ff, x, d, g, ff, n);
+        B->matmul(B, sh[1], 0, 0, (uint64_t)ff, x, d, u, ff, n);
+        B->swiglu(B, g, u, g, n * ff, clamp, 1.0f);
+        B->matmul(B, sh[2], 0, 0, (uint64_t)d, g, ff, dn, d, n);
+        B->axpy(B, y, dn, 1.0f, n * d);
+    }
 }
 
 // moe_routed (router + gate/up list launch + down with the SwiGLU prologue + ordered
 // accumulation) vs the generic sequence: on the CPU (tolerance) and on the GPU (bits).
 // Experts: 8 Q8_0 stacks of 64 x 64 viewed in "q8" (the harness reserves the expert
 // scratch for k 6, ff 64, d 64).
-static void moe_case(ds4_backend *C, ds4_backend *G, const char *mode, int n, bool hashed) {
+static void moe_case(ds4_backend *C, ds4_backend *G, const char *mode, int n, bool hashed, bool shared) {
     const bool exact = C->numerics == DS4_NUM_EXACT;
     const double tq = exact ? 1e-4 : 2e-4;
     const int ne = 8, k = 6;
@@ -170,6 +177,10 @@ static void moe_case(ds4_backend *C, ds4_backend *G, const char *mode, int n, bo
     ds4_type_row_bytes(DS4_TYPE_Q8_0, 64, &rb);
     const uint64_t sb = rb * 64 * ne;
     const ds4_tensor gate = view(src, 0, d, ff, ne), up = view(src, sb, d, ff, ne), down = view(src, 2 * sb, ff, d, ne);
+    // the shared expert (one matrix each) after the three stacks
+    const ds4_tensor sg = view(src, 3 * sb, d, ff, 1), su = view(src, 3 * sb + rb * ff, d, ff, 1),
+                     sd = view(src, 3 * sb + 2 * rb * ff, ff, d, 1);
+    const ds4_tensor *sh[3] = {&sg, &su, &sd};
     const double w_scale = 1.5;
     const float clamp = 4.0f;
     std::vector<float> lgv = rvec((size_t)(n * ne), 3), bias = hashed ? std::vector<float>() : rvec((size_t)ne, 0.5f);
@@ -185,13 +196,16 @@ static void moe_case(ds4_backend *C, ds4_backend *G, const char *mode, int n, bo
     Pair xg = put(C, G, std::vector<float>((size_t)(n * d), 0.f)), g = put(C, G, std::vector<float>((size_t)(n * ff), 0.f));
     Pair u = put(C, G, std::vector<float>((size_t)(n * ff), 0.f)), dn = put(C, G, std::vector<float>((size_t)(n * d), 0.f));
     const int32_t *hp = hashed ? hs.data() : nullptr;
-    moe_sequence(C, exact, lgv, bias, hp, &gate, &up, &down, x.c, n, k, w_scale, clamp, y.c, xg.c, g.c, u.c, dn.c);
-    moe_sequence(G, exact, lgv, bias, hp, &gate, &up, &down, x.g, n, k, w_scale, clamp, y2.g, xg.g, g.g, u.g, dn.g);
-    G->moe_routed(G, lg.g, hashed ? nullptr : bs.g, hp, &gate, &up, &down, x.g, n, k, w_scale, clamp, y.g);
+    const ds4_tensor *const *shp = shared ? sh : nullptr;
+    moe_sequence(C, exact, lgv, bias, hp, &gate, &up, &down, shp, x.c, n, k, w_scale, clamp, y.c, xg.c, g.c, u.c, dn.c);
+    moe_sequence(G, exact, lgv, bias, hp, &gate, &up, &down, shp, x.g, n, k, w_scale, clamp, y2.g, xg.g, g.g, u.g, dn.g);
+    G->moe_routed(G, lg.g, hashed ? nullptr : bs.g, hp, &gate, &up, &down, shared ? &sg : nullptr, shared ? &su : nullptr,
+                  shared ? &sd : nullptr, x.g, n, k, w_scale, clamp, y.g);
     char name[128];
-    snprintf(name, sizeof name, "%s moe_routed %s tok %d", mode, hashed ? "hash" : "bias", n);
+    const char *what = shared ? (hashed ? "hash+shared" : "bias+shared") : hashed ? "hash" : "bias";
+    snprintf(name, sizeof name, "%s moe_routed %s tok %d", mode, what, n);
     check(name, y, tq);
-    snprintf(name, sizeof name, "%s moe_routed == generic sequence %s tok %d", mode, hashed ? "hash" : "bias", n);
+    snprintf(name, sizeof name, "%s moe_routed == generic sequence %s tok %d", mode, what, n);
     check_same(name, G, y.g, y2.g, y.n);
     for (Pair *p : {&lg, &x, &bs, &y, &y2, &xg, &g, &u, &dn}) drop(*p);
 }
@@ -203,7 +217,8 @@ void ops_fused_mm(ds4_backend *C, ds4_backend *G, const char *mode) {
         printf("skip %s matmul_groups (not provided)\n", mode);
     if (G->moe_routed)
         for (int nt : {1, 3})
-            for (bool hashed : {false, true}) moe_case(C, G, mode, nt, hashed);
+            for (bool hashed : {false, true})
+                for (bool shared : {false, true}) moe_case(C, G, mode, nt, hashed, shared);
     else
         printf("skip %s moe_routed (not provided)\n", mode);
     if (!G->matmul_multi) {

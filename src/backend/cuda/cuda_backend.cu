@@ -770,12 +770,14 @@ __global__ void k_swiglu_w(float *g, const float *u, int64_t ff, int k, float li
     g[i] = __fmul_rn(__fmul_rn(silu, uv), scale);
 }
 
-// y[i] = Σ_j a_j · dn[j][i] from zero in j order, a_j = w[j] or 1 (the axpy op's rounding).
-__global__ void k_moe_acc(float *y, const float *dn, int64_t d, int k, const float *w) {
+// y[i] = Σ_j a_j · dn[j][i] from zero in j order, a_j = w[j] or 1, then + 1 · sh[i] when
+// sh (the shared expert) is given: the axpy op's rounding at every step.
+__global__ void k_moe_acc(float *y, const float *dn, int64_t d, int k, const float *w, const float *sh) {
     int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= d) return;
     float acc = 0.0f;
     for (int j = 0; j < k; j++) acc = __fadd_rn(acc, __fmul_rn(w ? w[j] : 1.0f, dn[(int64_t)j * d + i]));
+    if (sh) acc = __fadd_rn(acc, __fmul_rn(1.0f, sh[i]));
     y[i] = acc;
 }
 
@@ -1005,9 +1007,20 @@ ds4_cuda_qmat stack_of(cu_impl *im, const ds4_tensor *W) {
     return q;
 }
 
+ds4_cuda_qmat one_of(cu_impl *im, const ds4_tensor *W) {
+    ds4_cuda_qmat q;
+    q.type = W->type;
+    q.data = dev_of(im, W->data);
+    q.n = (int64_t)W->ne[1];
+    q.k = (int64_t)W->ne[0];
+    q.mat_stride = 0;
+    q.n_mats = 1;
+    return q;
+}
+
 void cu_moe_routed(ds4_backend *be, const float *lg, const float *bias, const int32_t *hash_sel, const ds4_tensor *gate,
-                   const ds4_tensor *up, const ds4_tensor *down, const float *x, int n, int k, double w_scale,
-                   float clamp, float *y) {
+                   const ds4_tensor *up, const ds4_tensor *down, const ds4_tensor *gate_sh, const ds4_tensor *up_sh,
+                   const ds4_tensor *down_sh, const float *x, int n, int k, double w_scale, float clamp, float *y) {
     PROF(MOE_ROUTED);
     cu_impl *im = IMPL(be);
     if (n <= 0) return;
@@ -1051,7 +1064,36 @@ void cu_moe_routed(ds4_backend *be, const float *lg, const float *bias, const in
             rc = ds4_cuda_matvec_ids(&qd, ids, k, im->d_g, ff, im->d_dn, mode, im->st, err, sizeof err);
         }
         mv_check(rc, err);
-        k_moe_acc<<<nblk(d, 256), 256, 0, im->st>>>(y + t * d, im->d_dn, d, k, exact ? w : NULL);
+        // the shared expert (forward.c's sequence matmul, matmul, swiglu, matmul, axpy):
+        // gate and up in one launch into the first ff of d_g / d_u (the routed down above
+        // has consumed them, in stream order), down with the swiglu prologue (scale 1)
+        const float *sh = nullptr;
+        if (gate_sh) {
+            DS4_ASSERT(gate_sh->ne[1] <= (uint64_t)k * ff && down_sh->ne[0] == gate_sh->ne[1] && down_sh->ne[1] == (uint64_t)d);
+            const ds4_cuda_qmat sg = one_of(im, gate_sh), su = one_of(im, up_sh), sd = one_of(im, down_sh);
+            float *dsh = (float *)ds4cu::scratch(be, ds4cu::SCR_MOE, (size_t)d * sizeof(float));
+            rc = DS4_ERR_UNSUPPORTED;
+            if (sg.type == su.type) {
+                const ds4_cuda_mv_entry gu[2] = {{sg, nullptr, 1, im->d_g}, {su, nullptr, 1, im->d_u}};
+                rc = ds4_cuda_matvec_list(gu, 2, xt, mode, im->st, err, sizeof err);
+            }
+            if (rc == DS4_ERR_UNSUPPORTED) {
+                mv_check(ds4_cuda_matvec(&sg, xt, im->d_g, mode, im->st, err, sizeof err), err);
+                mv_check(ds4_cuda_matvec(&su, xt, im->d_u, mode, im->st, err, sizeof err), err);
+            } else {
+                mv_check(rc, err);
+            }
+            rc = ds4_cuda_matvec_ids_swiglu(&sd, nullptr, 1, im->d_g, im->d_u, nullptr, clamp, dsh, mode, im->st, err,
+                                            sizeof err);
+            if (rc == DS4_ERR_UNSUPPORTED) {
+                k_swiglu_w<<<nblk(sd.k, 256), 256, 0, im->st>>>(im->d_g, im->d_u, sd.k, 1, clamp, nullptr);
+                CKL();
+                rc = ds4_cuda_matvec(&sd, im->d_g, dsh, mode, im->st, err, sizeof err);
+            }
+            mv_check(rc, err);
+            sh = dsh;
+        }
+        k_moe_acc<<<nblk(d, 256), 256, 0, im->st>>>(y + t * d, im->d_dn, d, k, exact ? w : NULL, sh);
         CKL();
     }
 }
