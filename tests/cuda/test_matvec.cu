@@ -696,6 +696,14 @@ static void test_bad_args() {
     m.n = 1;
     rc = ds4_cuda_matvec(&m, dx, dy, DS4_CUDA_ACT_F32, nullptr, err, sizeof err);
     report(rc == DS4_ERR_UNSUPPORTED, "bad args: k=2^20 f32 activations -> %d (%s)", rc, err);
+    // One x per selection: a block holds at least one vector, so this cannot fit either
+    // (x and y are never read: the launch is refused on the host).
+    m.n_mats = 2;
+    m.mat_stride = 1 << 21;  // >= one matrix (34 bytes per 32 weights)
+    rc = ds4_cuda_matvec_ids(&m, nullptr, 2, dx, m.k, dy, DS4_CUDA_ACT_F32, nullptr, err, sizeof err);
+    report(rc == DS4_ERR_UNSUPPORTED, "bad args: k=2^20 f32 activations, own x per selection -> %d (%s)", rc, err);
+    m.n_mats = 1;
+    m.mat_stride = 0;
     rc = ds4_cuda_quantize_act(DS4_TYPE_Q8_K, dx, dw, 100, 1, nullptr, err, sizeof err);
     report(rc == DS4_ERR_ARG, "bad args: quantize Q8_K k=100 -> %d (%s)", rc, err);
     rc = ds4_cuda_quantize_act(DS4_TYPE_Q4_K, dx, dw, 256, 1, nullptr, err, sizeof err);

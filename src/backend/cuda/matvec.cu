@@ -31,7 +31,9 @@
 //    prologues are saved.
 //  * One x per selection (o_a's groups, the routed down projections, token batches):
 //    each block owns a contiguous range of items and builds only the activation vectors
-//    of the selections in it (one or two instead of all of them).
+//    of the selections in it (one or two instead of all of them). The launcher bounds a
+//    range's span by the vectors that fit in shared memory (many tiny matrices, each with
+//    its own x, get shorter ranges and more blocks).
 //  * IQ2_XXS needs two table lookups per 8 weights; its decoders are selectable (see
 //    ds4_cuda_matvec_set_iq2_variant) because shared-memory bank conflicts on those
 //    lookups, not DRAM, bound it.
@@ -1209,8 +1211,7 @@ int launch(const HostEnt *ents, int n_ent, const ActIn &a, cudaStream_t stream, 
     }
     P.n_items = (uint32_t)items;
 
-    // Shared memory: [IQ2 tables][activation vectors][per-warp double buffers]. The warp
-    // count is chosen for all n_x vectors; block-local loading then only shrinks it.
+    // Shared memory: [IQ2 tables][activation vectors][per-warp double buffers].
     const int iqv = g_iq2_variant;
     const uint32_t tab = wk == WK_IQ2_XXS ? (uint32_t)iq2_tab_bytes(iqv) : 0u;
     if (xq) {
@@ -1223,13 +1224,25 @@ int launch(const HostEnt *ents, int n_ent, const ActIn &a, cudaStream_t stream, 
     P.off_x = tab;
     const int64_t smem_max = ds.smem_optin - kStaticSmem;
     const int64_t tiles_of = 2 * (int64_t)P.tile_buf;  // per warp
+    // Warps: the kind's default, halved while the vectors a block must be able to hold do
+    // not fit beside the warps' buffers. One x: that vector. One x per selection: two
+    // (blocks own item ranges, and a range that crosses a selection boundary needs two;
+    // more vectors are held when they fit, see nv_cap).
     int nwarps = (wk == WK_IQ2_XXS && iqv == 2) ? 16 : 8;
-    const int64_t off_all = (int64_t)tab + (int64_t)n_x * P.xs_bytes;
-    while (nwarps > 1 && off_all + nwarps * tiles_of > smem_max) nwarps /= 2;
-    int smem = (int)(off_all + nwarps * tiles_of);
-    if (smem > smem_max)
-        return ds4_err(err, errlen, DS4_ERR_UNSUPPORTED, "matvec: k=%lld with %d activation vectors needs %d bytes of shared memory (> %d)",
-                       (long long)w0->k, n_x, smem, (int)smem_max);
+    const int64_t nv_min = n_x < 2 ? n_x : 2;
+    while (nwarps > 1 && (int64_t)tab + nv_min * P.xs_bytes + nwarps * tiles_of > smem_max) nwarps /= 2;
+    // Vectors that fit beside nwarps warps' buffers: the bound on the selections one
+    // block's item range may span (fewer than n_x when many small matrices each have their
+    // own x; the range is then shortened and the grid grows).
+    int64_t nv_cap = (smem_max - (int64_t)tab - nwarps * tiles_of) / (int64_t)P.xs_bytes;
+    if (nv_cap > n_x) nv_cap = n_x;
+    if (nv_cap < 1) {
+        const int64_t need = (int64_t)tab + P.xs_bytes + tiles_of;
+        return ds4_err(err, errlen, DS4_ERR_UNSUPPORTED,
+                       "matvec: k=%lld: one activation vector needs %lld bytes of shared memory (> %lld)", (long long)w0->k,
+                       (long long)need, (long long)smem_max);
+    }
+    int smem = (int)((int64_t)tab + nv_cap * P.xs_bytes + nwarps * tiles_of);
     const int threads = nwarps * 32;
     const KernelFn fn = pick_kernel(wk, xq, iqv);
     int bps = 0;
@@ -1239,13 +1252,18 @@ int launch(const HostEnt *ents, int n_ent, const ActIn &a, cudaStream_t stream, 
     int64_t nvec = n_x;
     if (n_x > 1) {
         // Block-local activations: a range of ipb consecutive items spans at most
-        // floor((ipb + n_rg − 2) / n_rg) + 1 selections. The smaller shared memory may
-        // fit more blocks per SM; one more pass uses them (more blocks: ipb and the span
-        // only shrink, so the second size still fits the occupancy it was chosen for).
+        // floor((ipb + n_rg − 2) / n_rg) + 1 selections, so ipb <= (nv_cap − 1)·n_rg + 1
+        // keeps the span within nv_cap vectors (more blocks then, beyond one wave). The
+        // smaller shared memory may fit more blocks per SM; one more pass uses them (more
+        // blocks: ipb and the span only shrink, so the second size still fits the
+        // occupancy it was chosen for). The assignment never changes a value: every
+        // output is computed by one warp with the same code.
         const int64_t n_rg = P.e[0].n_rg;
+        const int64_t ipb_cap = nv_cap < n_x ? (nv_cap - 1) * n_rg + 1 : INT64_MAX;
         int64_t ipb = 1;
         for (int pass = 0; pass < 2; pass++) {
             ipb = ((int64_t)P.n_items + blocks - 1) / blocks;
+            if (ipb > ipb_cap) ipb = ipb_cap;
             blocks = ((int64_t)P.n_items + ipb - 1) / ipb;
             nvec = (ipb + n_rg - 2) / n_rg + 1;
             if (nvec > n_x) nvec = n_x;
