@@ -18,8 +18,14 @@ References and bounds (max |difference| over all positions and vocabulary entrie
     the sequence through the KV state (measured on an H200: f32-weight models agree to
     <= 8.4e-4 of max|logit| everywhere; quantized models agree to <= 1.5e-2 at position 0
     and diverge later, median 5e-8..2.4e-2). Bounds, relative to the CPU's max|logit|:
-    position 0 <= PROD_TOL0 (2e-2), median over positions <= PROD_TOL_MED (5e-2); the
-    top-1 agreement over positions is printed;
+    position 0 <= PROD_TOL0 (5e-2), median over positions <= PROD_TOL_MED (5e-2); the
+    top-1 agreement over positions is printed. Position 0 once had a tighter bound (2e-2)
+    because the first attention kernel summed a single row exactly like the CPU; the
+    split-row attention (attention_ex) rounds that sum differently (1 ulp), which the 2-bit
+    synthetic models amplify through activation quantisation like any later position:
+    measured on an H200 (tiny/q2) 8.7e-8 at position 0 with DS4_CUDA_NO_FUSED=1 and
+    2.2e-2 with the fused ops, against a median of 1.7e-2 / 1.9e-2 for the two. Exact mode
+    (above) is where the fused ops are held to the oracle;
   * CUDA chunked prefill (engine default chunk) vs one-token steps (--prefill-chunk 1):
     bit-identical (backend.h: every output element computed by the same code).
 
@@ -37,7 +43,7 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 FIX = ROOT / "tests" / "fixtures" / "oracle"
 EXACT_TOL = 1e-3
-PROD_TOL0 = 2e-2
+PROD_TOL0 = 5e-2
 PROD_TOL_MED = 5e-2
 
 
