@@ -25,7 +25,11 @@
 // Environment (diagnostics): DS4_CUDA_PROFILE=1 prints a per-op time table of decode
 // chunks at free (every op synchronised); DS4_CUDA_PREQ=1 quantises activations with
 // ds4_cuda_quantize_act before the matvec (same values); DS4_CUDA_NO_FUSED_MOE=1 disables
-// the optional fused ops (generic forward.c sequence).
+// the optional fused ops (generic forward.c sequence); DS4_CUDA_NO_PDL=1 launches every
+// kernel without programmatic dependent launch (see KL and pdl_enter below). Device-to-
+// device copies and fills are kernels (k_copy, k_zero), not memcpy/memset nodes, so the
+// stream's chain of programmatic launches is not broken by them (overlapping copies keep
+// the piecewise cudaMemcpyAsync path).
 #include <math.h>
 #include <string.h>
 #include <time.h>
@@ -112,6 +116,9 @@ void cu_check(cudaError_t e, const char *what, const char *file, int line) {
 }
 #define CK(call) cu_check((call), #call, __FILE__, __LINE__)
 #define CKL() cu_check(cudaGetLastError(), "kernel launch", __FILE__, __LINE__)
+// Every kernel of this file is launched with programmatic dependent launch (common.cuh:
+// ds4cu::launch, DS4_CUDA_NO_PDL=1 turns it off) and starts with pdl_enter().
+#define KL(k, grid, block, smem, st, ...) CK(ds4cu::launch(k, dim3(grid), dim3(block), (size_t)(smem), st, __VA_ARGS__))
 
 void mv_check(int rc, const char *err) {
     if (rc < 0) ds4_assert_fail(err, __FILE__, __LINE__);
@@ -283,7 +290,55 @@ __device__ float d_pow2_ceil(float r) {
 }
 
 // ------------------------------------------------------------------ kernels
+// First statement of every kernel here: such a kernel may start while the previous
+// kernel of the stream still runs, so it waits for that kernel's completion (and memory)
+// before touching any memory (these kernels read no weights worth fetching earlier), then
+// lets the next kernel of the stream begin launching (at most two grids in flight).
+__device__ __forceinline__ void pdl_enter() {
+    ds4cu::pdl_wait();
+    ds4cu::pdl_trigger();
+}
+
+// dst[0, n) = src[0, n) for non-overlapping ranges (cu_copy): 16-byte words when both
+// addresses are 16-aligned, else 4-byte words when 4-aligned, else bytes; grid-stride.
+__global__ void k_copy(uint8_t *dst, const uint8_t *src, size_t n) {
+    pdl_enter();
+    const size_t t0 = (size_t)blockIdx.x * blockDim.x + threadIdx.x, nt = (size_t)gridDim.x * blockDim.x;
+    const uintptr_t al = (uintptr_t)dst | (uintptr_t)src;
+    size_t done = 0;
+    if (al % 16 == 0) {
+        const size_t nw = n / 16;
+        for (size_t i = t0; i < nw; i += nt) ((uint4 *)dst)[i] = ((const uint4 *)src)[i];
+        done = nw * 16;
+    } else if (al % 4 == 0) {
+        const size_t nw = n / 4;
+        for (size_t i = t0; i < nw; i += nt) ((uint32_t *)dst)[i] = ((const uint32_t *)src)[i];
+        done = nw * 4;
+    }
+    for (size_t i = done + t0; i < n; i += nt) dst[i] = src[i];
+}
+
+// dst[0, n) = 0 (cu_zero), word-wide when 16-aligned.
+__global__ void k_zero(uint8_t *dst, size_t n) {
+    pdl_enter();
+    const size_t t0 = (size_t)blockIdx.x * blockDim.x + threadIdx.x, nt = (size_t)gridDim.x * blockDim.x;
+    size_t done = 0;
+    if ((uintptr_t)dst % 16 == 0) {
+        const size_t nw = n / 16;
+        for (size_t i = t0; i < nw; i += nt) ((uint4 *)dst)[i] = make_uint4(0u, 0u, 0u, 0u);
+        done = nw * 16;
+    }
+    for (size_t i = done + t0; i < n; i += nt) dst[i] = 0;
+}
+
+// Grid of the copy / fill kernels: one 16-byte word per thread, at most 4096 blocks of
+// 256 (grid-stride beyond).
+unsigned copy_blocks(size_t n) {
+    const size_t w = (n + 15) / 16, b = (w + 255) / 256;
+    return (unsigned)(b < 1 ? 1 : b > 4096 ? 4096 : b);
+}
 __global__ void k_rmsnorm(const float *x, int64_t xs, const float *w, float *y, int64_t ys, int64_t n, double eps) {
+    pdl_enter();
     const float *xr = x + (int64_t)blockIdx.x * xs;
     float *yr = y + (int64_t)blockIdx.x * ys;
     double ss = 0;
@@ -305,6 +360,7 @@ __global__ void k_rmsnorm(const float *x, int64_t xs, const float *w, float *y, 
 template <int KV>
 __global__ void __launch_bounds__(1024) k_rmsnorm_v4(const float *x, int64_t xs, const float *w, float *y, int64_t ys,
                                                      int n4, int64_t n, double eps) {
+    pdl_enter();
     const float4 *xr = (const float4 *)(x + (int64_t)blockIdx.x * xs);
     float4 *yr = (float4 *)(y + (int64_t)blockIdx.x * ys);
     const float4 *w4 = (const float4 *)w;
@@ -354,6 +410,7 @@ struct RopeTab {
 };
 
 __global__ void k_rope(float *x, int64_t rs, int n_rows, int64_t off, int half, RopeTab tab) {
+    pdl_enter();
     int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (int64_t)n_rows * half) return;
     const int r = (int)(i / half), j = (int)(i % half);
@@ -364,11 +421,13 @@ __global__ void k_rope(float *x, int64_t rs, int n_rows, int64_t off, int half, 
 }
 
 __global__ void k_axpy(float *y, const float *x, float a, int64_t n) {
+    pdl_enter();
     int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) y[i] = __fadd_rn(y[i], __fmul_rn(a, x[i]));
 }
 
 __global__ void k_swiglu(const float *g, const float *u, float *out, int64_t n, float limit, float scale) {
+    pdl_enter();
     int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
     float gv = fminf(g[i], limit);
@@ -383,6 +442,7 @@ __global__ void k_swiglu(const float *g, const float *u, float *out, int64_t n, 
 // (h <= 32) in the CPU's per-element order, then the block writes post/comb and forms x.
 __global__ void k_hc_pre(const float *mix, const float *scale, const float *base, const float *H, int h, int64_t d,
                          int iters, float eps, float *x, float *post, float *comb) {
+    pdl_enter();
     __shared__ float pre[64], C[64 * 64];
     const int t = blockIdx.x;
     const int mw = (2 + h) * h;
@@ -442,6 +502,7 @@ template <int HH>
 __global__ void __launch_bounds__(1024) k_hc_pre_small(const float *mix, const float *scale, const float *base,
                                                        const float *H, int64_t d, int iters, float eps, float *x,
                                                        float *post, float *comb) {
+    pdl_enter();
     __shared__ float pre[HH];
     const int t = blockIdx.x;
     const int h = HH, mw = (2 + HH) * HH;
@@ -507,6 +568,7 @@ __global__ void __launch_bounds__(1024) k_hc_pre_small(const float *mix, const f
 
 __global__ void k_hc_post(const float *y, const float *H, const float *post, const float *comb, int n_tok, int h,
                           int64_t d, float *Hout) {
+    pdl_enter();
     int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= (int64_t)n_tok * h * d) return;
     const int64_t i = idx % d;
@@ -520,6 +582,7 @@ __global__ void k_hc_post(const float *y, const float *H, const float *post, con
 
 __global__ void k_hc_head(const float *mix, const float *scale, const float *base, const float *H, int h, int64_t d,
                           float eps, float *y) {
+    pdl_enter();
     __shared__ float w[64];
     const int t = blockIdx.x;
     if (threadIdx.x < h) w[threadIdx.x] = d_sigmoid(mix[t * h + threadIdx.x] * scale[0] + base[threadIdx.x]) + eps;
@@ -534,6 +597,7 @@ __global__ void k_hc_head(const float *mix, const float *scale, const float *bas
 
 __global__ void k_compress_pool(const float *cur, const float *prev, int64_t rs, int R, int coff, int64_t hd,
                                 float *out) {
+    pdl_enter();
     const int64_t f = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (f >= hd) return;
     const int64_t cw = coff * hd, off = coff == 2 ? hd : 0;
@@ -564,6 +628,7 @@ __global__ void __launch_bounds__(kAttWarps * 32) k_attention(const float *q, in
                                                             const int32_t *ia, int na, const float *rb,
                                                             const int32_t *ib, int nb, const float *sinks,
                                                             float scale, float *out) {
+    pdl_enter();
     extern __shared__ float sm[];
     const int h = blockIdx.x, n = na + nb;
     float *part = sm;                         // [kAttWarps][kAttChunk]
@@ -620,6 +685,7 @@ __global__ void __launch_bounds__(kAttWarps * 32) k_attention(const float *q, in
 // scale. A warp rather than one thread per block: decode quantises single KV rows (few
 // blocks), where a thread's 64 sequential loads were the whole cost.
 __global__ void k_fp8_sim_warp(float *x, int64_t rs, int n_rows, int64_t n) {
+    pdl_enter();
     const int64_t nbk = (n + 63) / 64;
     const int64_t wid = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
     const int lane = threadIdx.x & 31;
@@ -641,6 +707,7 @@ __global__ void k_fp8_sim_warp(float *x, int64_t rs, int n_rows, int64_t n) {
 
 // One block per row; the row lives in shared memory for the butterfly.
 __global__ void k_hadamard_fp4(float *x, int64_t rs, int64_t n) {
+    pdl_enter();
     extern __shared__ float v[];
     float *row = x + (int64_t)blockIdx.x * rs;
     for (int64_t i = threadIdx.x; i < n; i += blockDim.x) v[i] = row[i];
@@ -672,6 +739,7 @@ __global__ void k_hadamard_fp4(float *x, int64_t rs, int64_t n) {
 }
 
 __global__ void k_round_f16(float *x, int64_t n) {
+    pdl_enter();
     int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) x[i] = __half2float(__float2half_rn(x[i]));
 }
@@ -691,6 +759,7 @@ __device__ bool d_better_vi(float x, int a, float y, int b) {
 }
 __global__ void k_route(const float *lg, int ne, const float *bias, const int32_t *hash_sel, int k, double w_scale,
                         int exact, int32_t *sel, float *selw) {
+    pdl_enter();
     extern __shared__ float rs[];
     __shared__ int chosen[64];
     __shared__ float wv[32];
@@ -761,6 +830,7 @@ __global__ void k_route(const float *lg, int ne, const float *bias, const int32_
 
 // g[j][i] = swiglu(g, u) · (w ? w[j] : 1), j < k, i < ff (the swiglu op's rounding).
 __global__ void k_swiglu_w(float *g, const float *u, int64_t ff, int k, float limit, const float *w) {
+    pdl_enter();
     int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= ff * k) return;
     const float scale = w ? w[i / ff] : 1.0f;
@@ -773,6 +843,7 @@ __global__ void k_swiglu_w(float *g, const float *u, int64_t ff, int k, float li
 // y[i] = Σ_j a_j · dn[j][i] from zero in j order, a_j = w[j] or 1, then + 1 · sh[i] when
 // sh (the shared expert) is given: the axpy op's rounding at every step.
 __global__ void k_moe_acc(float *y, const float *dn, int64_t d, int k, const float *w, const float *sh) {
+    pdl_enter();
     int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= d) return;
     float acc = 0.0f;
@@ -820,7 +891,8 @@ void cu_copy(ds4_backend *be, void *dst, const void *src, size_t n) {
     const uint8_t *s = (const uint8_t *)src;
     uint8_t *d = (uint8_t *)dst;
     if (d + n <= s || s + n <= d) {
-        CK(cudaMemcpyAsync(d, s, n, cudaMemcpyDeviceToDevice, IMPL(be)->st));
+        // a kernel, not a memcpy node: keeps the stream's programmatic launch chain
+        KL(k_copy, copy_blocks(n), 256, 0, IMPL(be)->st, d, s, n);
         return;
     }
     // overlapping (memmove semantics): in pieces no longer than the distance, ordered
@@ -841,7 +913,7 @@ void cu_copy(ds4_backend *be, void *dst, const void *src, size_t n) {
 }
 void cu_zero(ds4_backend *be, void *dst, size_t n) {
     PROF(ZERO);
-    if (n) CK(cudaMemsetAsync(dst, 0, n, IMPL(be)->st));
+    if (n) KL(k_zero, copy_blocks(n), 256, 0, IMPL(be)->st, (uint8_t *)dst, n);
 }
 
 const float *cu_upload_vec(ds4_backend *be, const ds4_tensor *t) {
@@ -1032,7 +1104,7 @@ void cu_moe_routed(ds4_backend *be, const float *lg, const float *bias, const in
     DS4_ASSERT(im->d_sel && (size_t)n * k <= im->moe_tok_cap && (size_t)k * ff <= im->moe_g_cap &&
                (size_t)k * d <= im->moe_dn_cap);
     const int32_t *dhash = hash_sel ? (const int32_t *)stage(im, hash_sel, (size_t)n * k * sizeof(int32_t)) : NULL;
-    k_route<<<n, 256, 2 * (size_t)ne * sizeof(float), im->st>>>(lg, ne, bias, dhash, k, w_scale, exact ? 1 : 0, im->d_sel,
+    KL(k_route, n, 256, 2 * (size_t)ne * sizeof(float), im->st, lg, ne, bias, dhash, k, w_scale, exact ? 1 : 0, im->d_sel,
                                                                   im->d_selw);
     CKL();
     const ds4_cuda_qmat qg = stack_of(im, gate), qu = stack_of(im, up), qd = stack_of(im, down);
@@ -1059,7 +1131,7 @@ void cu_moe_routed(ds4_backend *be, const float *lg, const float *bias, const in
         rc = ds4_cuda_matvec_ids_swiglu(&qd, ids, k, im->d_g, im->d_u, exact ? NULL : w, clamp, im->d_dn, mode, im->st, err,
                                         sizeof err);
         if (rc == DS4_ERR_UNSUPPORTED) {
-            k_swiglu_w<<<nblk(ff * k, 256), 256, 0, im->st>>>(im->d_g, im->d_u, ff, k, clamp, exact ? NULL : w);
+            KL(k_swiglu_w, nblk(ff * k, 256), 256, 0, im->st, im->d_g, im->d_u, ff, k, clamp, exact ? NULL : w);
             CKL();
             rc = ds4_cuda_matvec_ids(&qd, ids, k, im->d_g, ff, im->d_dn, mode, im->st, err, sizeof err);
         }
@@ -1086,14 +1158,14 @@ void cu_moe_routed(ds4_backend *be, const float *lg, const float *bias, const in
             rc = ds4_cuda_matvec_ids_swiglu(&sd, nullptr, 1, im->d_g, im->d_u, nullptr, clamp, dsh, mode, im->st, err,
                                             sizeof err);
             if (rc == DS4_ERR_UNSUPPORTED) {
-                k_swiglu_w<<<nblk(sd.k, 256), 256, 0, im->st>>>(im->d_g, im->d_u, sd.k, 1, clamp, nullptr);
+                KL(k_swiglu_w, nblk(sd.k, 256), 256, 0, im->st, im->d_g, im->d_u, sd.k, 1, clamp, nullptr);
                 CKL();
                 rc = ds4_cuda_matvec(&sd, im->d_g, dsh, mode, im->st, err, sizeof err);
             }
             mv_check(rc, err);
             sh = dsh;
         }
-        k_moe_acc<<<nblk(d, 256), 256, 0, im->st>>>(y + t * d, im->d_dn, d, k, exact ? w : NULL, sh);
+        KL(k_moe_acc, nblk(d, 256), 256, 0, im->st, y + t * d, im->d_dn, d, k, exact ? w : NULL, sh);
         CKL();
     }
 }
@@ -1141,7 +1213,8 @@ void cu_get_rows(ds4_backend *be, const ds4_tensor *E, const int32_t *ids, int n
             ds4_dequant_row(E->type, ds4_tensor_row(E, 0, (uint64_t)ids[t0 + t]), h + (int64_t)t * d, d);
         if (row * cnt <= im->ring_cap) {
             void *src = stage(im, h, row * cnt);
-            CK(cudaMemcpyAsync(out + (int64_t)t0 * d, src, row * cnt, cudaMemcpyDeviceToDevice, im->st));
+            KL(k_copy, copy_blocks(row * cnt), 256, 0, im->st, (uint8_t *)(out + (int64_t)t0 * d), (const uint8_t *)src,
+               row * cnt);
         } else {
             CK(cudaMemcpyAsync(out + (int64_t)t0 * d, h, row * cnt, cudaMemcpyHostToDevice, im->st));
             CK(cudaStreamSynchronize(im->st));
@@ -1162,12 +1235,12 @@ void cu_rmsnorm(ds4_backend *be, const float *x, int64_t xs, const float *w, flo
         // block size from n alone (see k_rmsnorm_v4): up to 1024 threads, then more float4s each
         int th = (int)(n4 < 1024 ? (n4 + 31) / 32 * 32 : 1024);
         const int kv = (int)((n4 + th - 1) / th);
-        if (kv == 1) k_rmsnorm_v4<1><<<n_rows, th, 0, st>>>(x, xs, w, y, ys, (int)n4, n, eps);
-        else if (kv == 2) k_rmsnorm_v4<2><<<n_rows, th, 0, st>>>(x, xs, w, y, ys, (int)n4, n, eps);
-        else k_rmsnorm_v4<4><<<n_rows, th, 0, st>>>(x, xs, w, y, ys, (int)n4, n, eps);
+        if (kv == 1) KL(k_rmsnorm_v4<1>, n_rows, th, 0, st, x, xs, w, y, ys, (int)n4, n, eps);
+        else if (kv == 2) KL(k_rmsnorm_v4<2>, n_rows, th, 0, st, x, xs, w, y, ys, (int)n4, n, eps);
+        else KL(k_rmsnorm_v4<4>, n_rows, th, 0, st, x, xs, w, y, ys, (int)n4, n, eps);
     } else {
         int th = n >= 1024 ? 512 : n >= 256 ? 256 : 64;
-        k_rmsnorm<<<n_rows, th, 0, st>>>(x, xs, w, y, ys, n, eps);
+        KL(k_rmsnorm, n_rows, th, 0, st, x, xs, w, y, ys, n, eps);
     }
     CKL();
 }
@@ -1186,21 +1259,21 @@ void cu_rope(ds4_backend *be, float *x, int64_t rs, int n_rows, int64_t width, i
         tab.s[j] = inverse ? -s : s;
     }
     const int64_t tot = (int64_t)n_rows * half;
-    k_rope<<<nblk(tot, 256), 256, 0, IMPL(be)->st>>>(x, rs, n_rows, width - n_rot, half, tab);
+    KL(k_rope, nblk(tot, 256), 256, 0, IMPL(be)->st, x, rs, n_rows, width - n_rot, half, tab);
     CKL();
 }
 
 void cu_axpy(ds4_backend *be, float *y, const float *x, float a, int64_t n) {
     PROF(AXPY);
     if (n <= 0) return;
-    k_axpy<<<nblk(n, 256), 256, 0, IMPL(be)->st>>>(y, x, a, n);
+    KL(k_axpy, nblk(n, 256), 256, 0, IMPL(be)->st, y, x, a, n);
     CKL();
 }
 
 void cu_swiglu(ds4_backend *be, const float *g, const float *u, float *out, int64_t n, float limit, float scale) {
     PROF(SWIGLU);
     if (n <= 0) return;
-    k_swiglu<<<nblk(n, 256), 256, 0, IMPL(be)->st>>>(g, u, out, n, limit, scale);
+    KL(k_swiglu, nblk(n, 256), 256, 0, IMPL(be)->st, g, u, out, n, limit, scale);
     CKL();
 }
 
@@ -1216,14 +1289,14 @@ void cu_hc_pre(ds4_backend *be, const float *mix, const float *scale, const floa
         const int th = (int)(d4 < 1024 ? (d4 + 31) / 32 * 32 : 1024);
         const float e = (float)hc_eps;
         switch (h) {
-        case 1: k_hc_pre_small<1><<<n_tok, th, 0, st>>>(mix, scale, base, H, d, iters, e, x, post, comb); break;
-        case 2: k_hc_pre_small<2><<<n_tok, th, 0, st>>>(mix, scale, base, H, d, iters, e, x, post, comb); break;
-        case 3: k_hc_pre_small<3><<<n_tok, th, 0, st>>>(mix, scale, base, H, d, iters, e, x, post, comb); break;
-        case 4: k_hc_pre_small<4><<<n_tok, th, 0, st>>>(mix, scale, base, H, d, iters, e, x, post, comb); break;
-        default: k_hc_pre_small<5><<<n_tok, th, 0, st>>>(mix, scale, base, H, d, iters, e, x, post, comb); break;
+        case 1: KL(k_hc_pre_small<1>, n_tok, th, 0, st, mix, scale, base, H, d, iters, e, x, post, comb); break;
+        case 2: KL(k_hc_pre_small<2>, n_tok, th, 0, st, mix, scale, base, H, d, iters, e, x, post, comb); break;
+        case 3: KL(k_hc_pre_small<3>, n_tok, th, 0, st, mix, scale, base, H, d, iters, e, x, post, comb); break;
+        case 4: KL(k_hc_pre_small<4>, n_tok, th, 0, st, mix, scale, base, H, d, iters, e, x, post, comb); break;
+        default: KL(k_hc_pre_small<5>, n_tok, th, 0, st, mix, scale, base, H, d, iters, e, x, post, comb); break;
         }
     } else {
-        k_hc_pre<<<n_tok, 256, 0, st>>>(mix, scale, base, H, h, d, iters, (float)hc_eps, x, post, comb);
+        KL(k_hc_pre, n_tok, 256, 0, st, mix, scale, base, H, h, d, iters, (float)hc_eps, x, post, comb);
     }
     CKL();
 }
@@ -1233,7 +1306,7 @@ void cu_hc_post(ds4_backend *be, const float *y, const float *H, const float *po
     PROF(HC_POST);
     const int64_t tot = (int64_t)n_tok * h * d;
     if (tot <= 0) return;
-    k_hc_post<<<nblk(tot, 256), 256, 0, IMPL(be)->st>>>(y, H, post, comb, n_tok, h, d, Hout);
+    KL(k_hc_post, nblk(tot, 256), 256, 0, IMPL(be)->st, y, H, post, comb, n_tok, h, d, Hout);
     CKL();
 }
 
@@ -1242,14 +1315,14 @@ void cu_hc_head(ds4_backend *be, const float *mix, const float *scale, const flo
     PROF(HC_HEAD);
     DS4_ASSERT(h <= 64);
     if (n_tok <= 0) return;
-    k_hc_head<<<n_tok, 256, 0, IMPL(be)->st>>>(mix, scale, base, H, h, d, (float)hc_eps, y);
+    KL(k_hc_head, n_tok, 256, 0, IMPL(be)->st, mix, scale, base, H, h, d, (float)hc_eps, y);
     CKL();
 }
 
 void cu_compress_pool(ds4_backend *be, const float *cur, const float *prev, int64_t rs, int R, int coff, int64_t hd,
                       float *out) {
     PROF(COMPRESS_POOL);
-    k_compress_pool<<<nblk(hd, 128), 128, 0, IMPL(be)->st>>>(cur, prev, rs, R, coff, hd, out);
+    KL(k_compress_pool, nblk(hd, 128), 128, 0, IMPL(be)->st, cur, prev, rs, R, coff, hd, out);
     CKL();
 }
 
@@ -1263,7 +1336,7 @@ void cu_attention(ds4_backend *be, const float *q, int n_head, int64_t hd, const
     // partial sums, then the logits (+ 16 floats: unrolled loops may load a few past n)
     const size_t smem = ((size_t)kAttWarps * kAttChunk + na + nb + 16) * sizeof(float);
     // the dynamic limit was raised to the opt-in maximum at create
-    k_attention<<<n_head, kAttWarps * 32, smem, im->st>>>(q, hd, rows_a, dia, na, rows_b, dib, nb, sinks, scale, out);
+    KL(k_attention, n_head, kAttWarps * 32, smem, im->st, q, hd, rows_a, dia, na, rows_b, dib, nb, sinks, scale, out);
     CKL();
 }
 
@@ -1293,7 +1366,7 @@ void cu_fp8_sim(ds4_backend *be, float *x, int64_t rs, int n_rows, int64_t n) {
     PROF(FP8_SIM);
     const int64_t tot = (n + 63) / 64 * n_rows;
     if (tot <= 0) return;
-    k_fp8_sim_warp<<<nblk(tot * 32, 256), 256, 0, IMPL(be)->st>>>(x, rs, n_rows, n);
+    KL(k_fp8_sim_warp, nblk(tot * 32, 256), 256, 0, IMPL(be)->st, x, rs, n_rows, n);
     CKL();
 }
 
@@ -1302,14 +1375,14 @@ void cu_hadamard_fp4_sim(ds4_backend *be, float *x, int64_t rs, int n_rows, int6
     if (n_rows <= 0 || n <= 0) return;
     const size_t smem = (size_t)n * sizeof(float);
     if (smem > 48 * 1024) CK(cudaFuncSetAttribute(k_hadamard_fp4, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-    k_hadamard_fp4<<<n_rows, 128, smem, IMPL(be)->st>>>(x, rs, n);
+    KL(k_hadamard_fp4, n_rows, 128, smem, IMPL(be)->st, x, rs, n);
     CKL();
 }
 
 void cu_round_f16(ds4_backend *be, float *x, int64_t n) {
     PROF(ROUND_F16);
     if (n <= 0) return;
-    k_round_f16<<<nblk(n, 256), 256, 0, IMPL(be)->st>>>(x, n);
+    KL(k_round_f16, nblk(n, 256), 256, 0, IMPL(be)->st, x, n);
     CKL();
 }
 

@@ -14,7 +14,10 @@
  * DS4_ERR_ARG for bad arguments (checked before anything is launched),
  * DS4_ERR_UNSUPPORTED for a shape the kernels cannot hold in shared memory, DS4_ERR_IO
  * for a CUDA failure. Launches are asynchronous on `stream` (NULL = legacy default
- * stream) and graph-capturable once ds4_cuda_matvec_init has run on the device.
+ * stream) and graph-capturable once ds4_cuda_matvec_init has run on the device. They use
+ * programmatic dependent launch (common.cuh): weight matrices are read before the
+ * previous kernel of the stream has finished, so they must not be written by kernels of
+ * that stream (resident weights only); x, ids and y are ordered as usual.
  *
  * Numerics (MODEL.md §20.7):
  *  - DS4_CUDA_ACT_QUANT: x is quantized inside the kernel to ds4_vec_dot_type(W type)

@@ -9,6 +9,7 @@
 // ds4cu_topk_dev / ds4cu_attention_ex. Must not: read device values back to the host
 // (except the hd > 512 fallback, which runs the generic op sequence), or let any value
 // depend on timing: every sum has an order fixed by the shapes alone.
+#include "common.cuh"
 #include "cuda_internal.h"
 
 #include <math.h>
@@ -69,6 +70,8 @@ __device__ __forceinline__ uint32_t tk_get(const float *__restrict__ score, cons
 template <bool CACHE>
 __global__ void __launch_bounds__(kTkThreads, 1) k_topk(const float *__restrict__ score, int n, int k,
                                                          int32_t *__restrict__ idx) {
+    ds4cu::pdl_wait();     // launched with PDL (ds4cu::launch): the previous kernel's
+    ds4cu::pdl_trigger();  // outputs are visible only after the wait
     extern __shared__ uint32_t tk_sm[];
     uint32_t *hist = tk_sm;                          // [kTkCopies][kTkStride]
     uint32_t *cache = tk_sm + kTkCopies * kTkStride; // [n] keys when CACHE
@@ -354,6 +357,8 @@ __device__ __forceinline__ int cnt_off(const AttArgs &a, int lvl, int g, int i) 
 // VEC 1: e·32 + lane. Of p·V: NE/4 consecutive floats at dq·8·NE + lane·NE/4.
 template <int NE, int VEC>
 __global__ void __launch_bounds__(kAThreads, 1) k_attn_ex(AttArgs a, AttIdx ix, AttRope rope) {
+    ds4cu::pdl_wait();     // launched with PDL (ds4cu::launch): the previous kernel's
+    ds4cu::pdl_trigger();  // outputs are visible only after the wait
     constexpr int hdp = 32 * NE;
     constexpr int NQ = NE / 4;   // p·V floats per lane
     extern __shared__ float4 at_sm4[];
@@ -697,8 +702,7 @@ void att_launch(cudaStream_t st, dim3 grid, const AttArgs &a, const AttIdx &ix, 
         return true;
     }();
     (void)attr_ok;
-    k_attn_ex<NE, VEC><<<grid, kAThreads, smem, st>>>(a, ix, rope);
-    DS4CU_CKL();
+    DS4CU_CK(ds4cu::launch(k_attn_ex<NE, VEC>, grid, dim3(kAThreads), smem, st, a, ix, rope));
 }
 
 int sm_count() {
@@ -724,7 +728,8 @@ void ds4cu_topk_dev(ds4_backend *be, const float *score, int n, int k, int32_t *
             return true;
         }();
         (void)attr_ok;
-        k_topk<true><<<1, kTkThreads, kTkHistBytes + (size_t)n * sizeof(uint32_t), st>>>(score, n, k, idx);
+        DS4CU_CK(ds4cu::launch(k_topk<true>, dim3(1), dim3(kTkThreads), kTkHistBytes + (size_t)n * sizeof(uint32_t), st,
+                               score, n, k, idx));
     } else {
         static const bool attr_ok = [] {
             DS4CU_CK(cudaFuncSetAttribute(k_topk<false>, cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -732,9 +737,8 @@ void ds4cu_topk_dev(ds4_backend *be, const float *score, int n, int k, int32_t *
             return true;
         }();
         (void)attr_ok;
-        k_topk<false><<<1, kTkThreads, kTkHistBytes, st>>>(score, n, k, idx);
+        DS4CU_CK(ds4cu::launch(k_topk<false>, dim3(1), dim3(kTkThreads), kTkHistBytes, st, score, n, k, idx));
     }
-    DS4CU_CKL();
 }
 
 void ds4cu_attention_ex(ds4_backend *be, const float *q, int n_head, int64_t hd, const float *rows_a,

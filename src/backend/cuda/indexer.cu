@@ -10,6 +10,7 @@
 // warp's 32 heads hit 32 banks; key values are warp-wide broadcasts), applies the relu
 // and the head weight, and the head sum is a fixed shuffle tree then a fixed order over
 // warps and head passes: deterministic, independent of the grid.
+#include "common.cuh"
 #include "cuda_internal.h"
 
 extern "C" {
@@ -32,6 +33,8 @@ __global__ void __launch_bounds__(kThreads) k_indexer_tile(const float *__restri
                                                            float scale, int n_head, int hd,
                                                            const float *__restrict__ keys, int n_keys,
                                                            float *__restrict__ score) {
+    ds4cu::pdl_wait();     // launched with PDL (ds4cu::launch): the previous kernel's
+    ds4cu::pdl_trigger();  // outputs are visible only after the wait
     extern __shared__ float sm[];
     const int qs = hd + 1;
     float *sq = sm;                                   // [n_head][qs]
@@ -98,6 +101,6 @@ void ds4cu_indexer_scores(ds4_backend *be, const float *q, const float *w, float
         raised = smem;
     }
     const unsigned blocks = (unsigned)((n_keys + kKT - 1) / kKT);
-    k_indexer_tile<<<blocks, kThreads, smem, ds4cu::stream(be)>>>(q, w, scale, n_head, (int)hd, keys, n_keys, score);
-    DS4CU_CKL();
+    DS4CU_CK(ds4cu::launch(k_indexer_tile, dim3(blocks), dim3(kThreads), smem, ds4cu::stream(be), q, w, scale, n_head, (int)hd,
+                           keys, n_keys, score));
 }

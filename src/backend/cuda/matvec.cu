@@ -34,6 +34,9 @@
 //    of the selections in it (one or two instead of all of them). The launcher bounds a
 //    range's span by the vectors that fit in shared memory (many tiny matrices, each with
 //    its own x, get shorter ranges and more blocks).
+//  * Programmatic dependent launch (common.cuh): the kernels start while the previous
+//    kernel of the stream finishes; only weight / constant reads (the first tile when no
+//    ids pick its matrix, the IQ2_XXS tables) come before pdl_wait().
 //  * IQ2_XXS needs two table lookups per 8 weights; its decoders are selectable (see
 //    ds4_cuda_matvec_set_iq2_variant) because shared-memory bank conflicts on those
 //    lookups, not DRAM, bound it.
@@ -810,9 +813,22 @@ __global__ void __launch_bounds__(kMaxThreads) matvec_kernel(const __grid_consta
     }
     const uint32_t nsteps = my_items * (uint32_t)P.nch;
 
-    // Start the first weight tile before the prologue so the two overlap.
+    // Start the first weight tile before the prologue so the two overlap. With
+    // programmatic dependent launch (common.cuh) everything that reads only weights and
+    // constants runs before pdl_wait(), overlapping the previous kernel's tail: the first
+    // tile when its matrix is known without ids (ids are written by earlier kernels, e.g.
+    // the router), and the IQ2_XXS tables. Activations, ids and outputs come after it.
     Item cur;
-    if (nsteps > 0) {
+    bool staged = false;
+    if (nsteps > 0 && !P.e[entry_of(P, first)].ids) {
+        cur = make_item(P, nullptr, first);
+        stage_tile(P, cur, bufs, lane);
+        staged = true;
+    }
+    if constexpr (WK == WK_IQ2_XXS) iq2_tables_to_smem<IQV>(smem, tid, blockDim.x);
+    pdl_wait();
+    pdl_trigger();
+    if (nsteps > 0 && !staged) {
         cur = make_item(P, nullptr, first);
         stage_tile(P, cur, bufs, lane);
     }
@@ -823,7 +839,6 @@ __global__ void __launch_bounds__(kMaxThreads) matvec_kernel(const __grid_consta
         const int e = i - E.sel0;
         s_mat[i] = E.ids ? E.ids[e] : e;
     }
-    if constexpr (WK == WK_IQ2_XXS) iq2_tables_to_smem<IQV>(smem, tid, blockDim.x);
     load_activations<WK, XQ>(P, smem + P.off_x, v0, nv, tid, blockDim.x);
     __syncthreads();
 
@@ -881,6 +896,8 @@ __global__ void __launch_bounds__(kMaxThreads) matvec_kernel(const __grid_consta
 
 // Stand-alone quantizer: one warp per Q8_K block, or per 4 Q8_0 blocks.
 __global__ void quantize_q8_k_kernel(const float *x, uint8_t *xq, int64_t k, int64_t nblocks_total) {
+    pdl_wait();  // x is the previous kernel's output (launched with PDL, see common.cuh)
+    pdl_trigger();
     const int lane = threadIdx.x & 31;
     const int64_t wb = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
     if (wb >= nblocks_total) return;  // whole warps exit together
@@ -899,6 +916,8 @@ __global__ void quantize_q8_k_kernel(const float *x, uint8_t *xq, int64_t k, int
 }
 
 __global__ void quantize_q8_0_kernel(const float *x, uint8_t *xq, int64_t k, int64_t nvec) {
+    pdl_wait();
+    pdl_trigger();
     const int lane = threadIdx.x & 31;
     const int64_t nb = k / 32, steps = (nb + 3) / 4;
     const int64_t ws = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
@@ -1278,8 +1297,7 @@ int launch(const HostEnt *ents, int n_ent, const ActIn &a, cudaStream_t stream, 
         P.ipb = (uint32_t)ipb;
     }
     P.off_tiles = (uint32_t)((int64_t)tab + nvec * P.xs_bytes);
-    fn<<<(unsigned)blocks, threads, smem, stream>>>(P);
-    DS4_CUDA_TRY(cudaGetLastError());
+    DS4_CUDA_TRY(ds4cu::launch(fn, dim3((unsigned)blocks), dim3((unsigned)threads), (size_t)smem, stream, P));
     return 0;
 }
 
@@ -1397,10 +1415,11 @@ extern "C" int ds4_cuda_quantize_act(uint32_t act_type, const float *x, void *xq
     const int64_t blocks = (warps * 32 + threads - 1) / threads;
     if (blocks > INT32_MAX) return ds4_err(err, errlen, DS4_ERR_UNSUPPORTED, "quantize_act: too many vectors");
     if (act_type == DS4_TYPE_Q8_K)
-        quantize_q8_k_kernel<<<(unsigned)blocks, threads, 0, stream>>>(x, (uint8_t *)xq, k, warps);
+        DS4_CUDA_TRY(ds4cu::launch(quantize_q8_k_kernel, dim3((unsigned)blocks), dim3(threads), 0, stream, x, (uint8_t *)xq, k,
+                                   warps));
     else
-        quantize_q8_0_kernel<<<(unsigned)blocks, threads, 0, stream>>>(x, (uint8_t *)xq, k, nvec);
-    DS4_CUDA_TRY(cudaGetLastError());
+        DS4_CUDA_TRY(ds4cu::launch(quantize_q8_0_kernel, dim3((unsigned)blocks), dim3(threads), 0, stream, x, (uint8_t *)xq, k,
+                                   nvec));
     return 0;
 }
 
