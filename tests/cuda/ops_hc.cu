@@ -24,6 +24,15 @@
 // per multi-token case runs the first and the last token alone on the GPU and requires the
 // same bits (the contract: a token's values do not depend on n_tok); it also fails when a
 // last-block counter was left non-zero by the previous call (the outputs stay NaN).
+//
+// hc_post_site (hc_post then hc_site in one op): reference C->hc_post (y, Hprev, the old
+// post / comb) into a separate buffer, then the sequence above on it. H is compared with
+// tolerance 0 (both sides do hc_post's per-element f32 operations in the same order:
+// post·y, then + comb·Hprev for k ascending, each rounded; the C build does not contract
+// to fma under -std=c11); post / comb / xn with the hc_site bounds above (the same mix
+// difference, now on an H equal in every bit). The H buffer starts as NaN (an unwritten
+// element fails). Multi-token cases also require tokens alone == in the chunk, from fresh
+// copies of the old post / comb.
 #include "ops_harness.h"
 
 namespace {
@@ -103,6 +112,73 @@ void hc_case(ds4_backend *C, ds4_backend *G, const char *mode, const HcCase &k) 
     for (Pair *p : {&H, &sc, &base, &w, &post, &comb, &xn}) drop(*p);
 }
 
+void hcps_case(ds4_backend *C, ds4_backend *G, const char *mode, const HcCase &k) {
+    const ds4_tensor *fn = wt(k.w);
+    const int h = k.h, mw = (2 + h) * h, nt = k.nt, iters = 20, o = k.hoff;
+    const int64_t d = k.d, hw = (int64_t)h * d;
+    const double hc_eps = 1e-6, eps = 1e-6;
+    if (fn->ne[0] != (uint64_t)hw || fn->ne[1] < (uint64_t)mw) {
+        printf("FAIL %s hc_post_site %s: test weight %s does not fit\n", mode, k.label, k.w);
+        g_fail++;
+        return;
+    }
+    std::vector<float> nw = rvec((size_t)d, 0.5f);
+    for (auto &v : nw) v += 1.0f;
+    // old post in (0, 2) as 2σ(.), old comb in (0, 1) as a Sinkhorn output
+    std::vector<float> post0 = rvec((size_t)nt * h), comb0 = rvec((size_t)nt * h * h, 0.5f);
+    for (auto &v : post0) v += 1.0f;
+    for (auto &v : comb0) v += 0.5f;
+    std::vector<float> hn = nans((size_t)(o + nt * hw));
+    for (int i = 0; i < o; i++) hn[i] = 0.0f;   // the offset prefix is not written by either side
+    Pair Hp = put(C, G, rvec((size_t)(o + nt * hw))), y = put(C, G, rvec((size_t)(o + nt * d)));
+    Pair H = put(C, G, hn), sc = put(C, G, std::vector<float>(k.sc, k.sc + 3));
+    Pair base = put(C, G, rvec((size_t)mw, k.base_amp)), w = put(C, G, nw);
+    Pair post = put(C, G, post0), comb = put(C, G, comb0), xn = put(C, G, nans((size_t)nt * d));
+    // reference: hc_post, then the hc_site op sequence, on the CPU backend
+    float *flat = (float *)C->alloc(C, (size_t)nt * hw * 4), *mix = (float *)C->alloc(C, (size_t)nt * mw * 4);
+    float *x = (float *)C->alloc(C, (size_t)nt * d * 4);
+    C->hc_post(C, y.c + o, Hp.c + o, post.c, comb.c, nt, h, d, H.c + o);
+    C->rmsnorm(C, H.c + o, hw, NULL, flat, hw, hw, nt, eps);
+    C->matmul(C, fn, 0, 0, (uint64_t)mw, flat, hw, mix, mw, nt);
+    C->hc_pre(C, mix, sc.c, base.c, H.c + o, nt, h, d, iters, hc_eps, x, post.c, comb.c);
+    C->rmsnorm(C, x, d, w.c, xn.c, d, d, nt, eps);
+    C->release(C, flat);
+    C->release(C, mix);
+    C->release(C, x);
+    G->hc_post_site(G, y.g + o, Hp.g + o, H.g + o, fn, sc.g, base.g, nt, h, d, iters, hc_eps, eps, w.g, post.g, comb.g,
+                    xn.g);
+    char name[160];
+    snprintf(name, sizeof name, "%s hc_post_site %s H", mode, k.label);
+    check(name, H, 0.0);
+    snprintf(name, sizeof name, "%s hc_post_site %s post", mode, k.label);
+    check(name, post, k.tol);
+    snprintf(name, sizeof name, "%s hc_post_site %s comb", mode, k.label);
+    check(name, comb, k.tol);
+    snprintf(name, sizeof name, "%s hc_post_site %s xn", mode, k.label);
+    check(name, xn, k.tol);
+    if (nt > 1) {
+        bool ok = true;
+        for (int t : {0, nt - 1}) {
+            const std::vector<float> p0(post0.begin() + (size_t)t * h, post0.begin() + (size_t)(t + 1) * h);
+            const std::vector<float> c0(comb0.begin() + (size_t)t * h * h, comb0.begin() + (size_t)(t + 1) * h * h);
+            Pair H1 = put(C, G, nans((size_t)(o + hw))), p1 = put(C, G, p0), c1 = put(C, G, c0);
+            Pair x1 = put(C, G, nans((size_t)d));
+            const float *yt = y.g + o + (int64_t)t * d, *Hpt = Hp.g + o + (int64_t)t * hw;
+            G->hc_post_site(G, yt, Hpt, H1.g + o, fn, sc.g, base.g, 1, h, d, iters, hc_eps, eps, w.g, p1.g, c1.g,
+                            x1.g);
+            ok = ok && same_bits(G, H1.g + o, H.g + o + (int64_t)t * hw, (size_t)hw) &&
+                 same_bits(G, p1.g, post.g + (int64_t)t * h, (size_t)h) &&
+                 same_bits(G, c1.g, comb.g + (int64_t)t * h * h, (size_t)h * h) &&
+                 same_bits(G, x1.g, xn.g + (int64_t)t * d, (size_t)d);
+            for (Pair *p : {&H1, &p1, &c1, &x1}) drop(*p);
+        }
+        snprintf(name, sizeof name, "%s hc_post_site %s tokens alone == in chunk", mode, k.label);
+        printf("%s %-44s\n", ok ? "ok  " : "FAIL", name);
+        (ok ? g_pass : g_fail)++;
+    }
+    for (Pair *p : {&Hp, &y, &H, &sc, &base, &w, &post, &comb, &xn}) drop(*p);
+}
+
 }  // namespace
 
 void ops_fused_hc(ds4_backend *C, ds4_backend *G, const char *mode) {
@@ -143,4 +219,27 @@ void ops_fused_hc(ds4_backend *C, ds4_backend *G, const char *mode) {
         {"h4 d1024 q8_0 (op sequence) tok 2", "q8", 4, 1024, 2, {s0[0], s0[1], s0[2]}, 0.5f, 0, tq},
     };
     for (const HcCase &k : cases) hc_case(C, G, mode, k);
+    if (!G->hc_post_site) {
+        printf("skip %s hc_post_site (not provided)\n", mode);
+        return;
+    }
+    // hc_post_site: Flash (fast kernel), tiny (one partial slice straddling both streams,
+    // float4 and scalar), h 8 (hc_post's loop over any h), h 1 d 16384 (generic epilogue
+    // reading H back with ld.cg), unaligned rows (the scalar path at Flash size), and Q8_0
+    // fn (the sequence hc_post then hc_site). No case has d % 4 != 0: every test weight
+    // has h·d a power of two (4096, 16384, 128), so h <= 32 gives d % 4 == 0; the scalar
+    // path that case takes is the unaligned cases' one.
+    const HcCase pcases[] = {
+        {"flash f16 tok 1", "hcfn", 4, 4096, 1, {s0[0], s0[1], s0[2]}, 0.5f, 0, tf},
+        {"flash f16 tok 3", "hcfn", 4, 4096, 3, {s0[0], s0[1], s0[2]}, 0.5f, 0, tf},
+        {"flash f16 peaked Sinkhorn tok 2", "hcfn", 4, 4096, 2, {s1[0], s1[1], s1[2]}, 2.0f, 0, tf},
+        {"flash f32 unaligned tok 2", "hcfn32", 4, 4096, 2, {s0[0], s0[1], s0[2]}, 0.5f, 1, tf},
+        {"tiny h2 d64 tok 2", "hcfn_tiny", 2, 64, 2, {s0[0], s0[1], s0[2]}, 0.5f, 0, tf},
+        {"tiny h2 d64 unaligned tok 2", "hcfn_tiny", 2, 64, 2, {s1[0], s1[1], s1[2]}, 2.0f, 1, tf},
+        {"h2 d2048 f16 tok 2", "f16", 2, 2048, 2, {s0[0], s0[1], s0[2]}, 0.5f, 0, tf},
+        {"h8 d512 f16 tok 2", "f16", 8, 512, 2, {s1[0], s1[1], s1[2]}, 2.0f, 0, tf},
+        {"h1 d16384 f32 tok 2", "hcfn32", 1, 16384, 2, {s0[0], s0[1], s0[2]}, 0.5f, 0, tf},
+        {"h4 d1024 q8_0 (op sequence) tok 2", "q8", 4, 1024, 2, {s0[0], s0[1], s0[2]}, 0.5f, 0, tq},
+    };
+    for (const HcCase &k : pcases) hcps_case(C, G, mode, k);
 }

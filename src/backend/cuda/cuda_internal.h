@@ -51,6 +51,9 @@ void check(cudaError_t e, const char *what, const char *file, int line);
 void ds4cu_hc_site(ds4_backend *be, const ds4_tensor *fn, const float *scale, const float *base, const float *H,
                    int n_tok, int h, int64_t d, int iters, double hc_eps, double eps, const float *norm_w, float *post,
                    float *comb, float *xn);
+void ds4cu_hc_post_site(ds4_backend *be, const float *y, const float *Hprev, float *H, const ds4_tensor *fn,
+                        const float *scale, const float *base, int n_tok, int h, int64_t d, int iters, double hc_eps,
+                        double eps, const float *norm_w, float *post, float *comb, float *xn);
 // fused_qkv.cu
 void ds4cu_qkv_rope(ds4_backend *be, float *q, int n_head, float *kv, const float *kv_norm, int64_t hd, int n_rot,
                     int64_t pos, const float *inv_freq, bool prod, double eps, float *raw, float *iq, int iq_heads,

@@ -3,10 +3,14 @@
 // → rmsnorm(x) · norm_w for n_tok tokens in ONE launch (the op sequence costs 4 launches
 // and ~39 us per site in decode; 86 sites per token).
 //
-// Owns: k_hc_site and ds4cu_hc_site (variant choice, scratch, the op-sequence fallback for
-// fn types other than F16 / F32). Must not: differ from the op sequence beyond what the
-// contract allows (the order and rounding of the dot products behind mix), let a token's
-// values depend on n_tok or on timing, or leave a CNT_HC counter non-zero.
+// Also hc_post_site (hc_post, then hc_site on its result, in the same one launch: phase 1
+// computes its slice of H from y, Hprev, post, comb instead of reading it; see below).
+//
+// Owns: k_hc_site / k_hc_post_site and ds4cu_hc_site / ds4cu_hc_post_site (variant choice,
+// scratch, the op-sequence fallbacks for fn types other than F16 / F32). Must not: differ
+// from the op sequence beyond what the contract allows (the order and rounding of the dot
+// products behind mix), let a token's values depend on n_tok or on timing, or leave a
+// CNT_HC counter non-zero.
 //
 // Design (grid = S column slices × n_tok tokens, S = ceil(h·d / 256) from the shape only):
 //  - phase 1, every block: 256 columns of token t's flattened row H[t] (width hw = h·d).
@@ -28,8 +32,18 @@
 //    before the partial reduction, so that memory round trip overlaps the other; x then
 //    lives in registers. Otherwise a generic loop (any h <= 32, any d; x staged in xn,
 //    each thread re-reading only what it wrote).
+// hc_post_site (template P > 0): phase 1 forms its slice of H[t] with k_hc_post's exact
+// per-element operations and order (column c = k·d + i of the flat row is stream k, element
+// i: s = post[k]·y[i], then s += comb[k'·h + k]·Hprev[k'][i] for k' ascending, each op
+// rounded), every warp the same bits; the Sinkhorn warp also stores it to H. The epilogue
+// re-reads H[t] (other blocks' stores) with ld.cg after the fence/counter handoff, never
+// from L1 (no L1 prefetch of H there). Old post/comb: read in phase 1 only; token t's
+// epilogue overwrites them, and it runs only after every block of token t counted in,
+// i.e. after all of their phase-1 reads; no block reads another token's post/comb.
 // Resources (nvcc 13, sm_90a): 56 registers for the fast variants, no spills, 8.6 KB static
-// shared memory, 288 threads: 4 blocks per SM in phase 1.
+// shared memory, 288 threads: 4 blocks per SM in phase 1. hc_post_site: 92 registers (80
+// for h > 4), no spills, 2 blocks per SM; its scalar slow path (unaligned rows or
+// d % 4 != 0: tiny models only) 168 registers and ~50 bytes of call-save spills.
 #include <math.h>
 
 #include "common.cuh"
@@ -57,7 +71,10 @@ struct HcArgs {
     int f16;                // fn type: 1 F16, 0 F32
     const float *scale;     // [3]
     const float *base;      // [mw]
-    const float *H;         // [n_tok][h][d]
+    const float *H;         // [n_tok][h][d] (post variants: written here, through Ho)
+    float *Ho;              // post variants: = H, the hc_post output
+    const float *y;         // post variants: [n_tok][d] sublayer output
+    const float *Hp;        // post variants: [n_tok][h][d] previous streams (not aliasing H)
     const float *norm_w;    // [d]
     float *post;            // [n_tok][h]
     float *comb;            // [n_tok][h*h]
@@ -68,6 +85,7 @@ struct HcArgs {
     int h, mw, S, iters;
     int64_t d, hw;
     float hc_eps;
+    float rd, rd4;          // post variants: 1/d, 1/(d/4) (stream_of)
     double eps;
 };
 
@@ -140,10 +158,106 @@ __device__ __forceinline__ void load_fn(const uint8_t *row, int f16, int64_t hw,
     }
 }
 
+// The stream k = c / d of flat column c < h·d (h <= 32) without an integer division (ptxas
+// makes those subroutine calls, and the fn values held across them were spilled): the
+// float quotient is within ~1e-5 of the exact one for quotients < 32 (three roundings of
+// 2^-24), so truncation is off by at most one, which one integer compare fixes.
+__device__ __forceinline__ int64_t stream_of(int64_t c, int64_t d, float rd) {
+    int64_t k = (int64_t)((float)c * rd);
+    if (k * d > c) k--;
+    else if ((k + 1) * d <= c) k++;
+    return k;
+}
+
+// hc_post of the 8 columns of slice b that a lane owns (load_h's columns; past hw: 0),
+// with k_hc_post's operations in its order. VEC: d % 4 == 0 (a float4 chunk lies in one
+// stream) and 16-byte y / Hp rows; hw / 4 < 2^31 (host-checked). P == 1: h <= 4 (all
+// loads unrolled, issued before use); P == 2: any h.
+template <bool VEC, int P>
+__device__ __forceinline__ void post_h(const HcArgs &a, int t, int b, int lane, float v[8]) {
+    const int h = a.h;
+    const int64_t d = a.d, hw = a.hw;
+    const float *yt = a.y + (int64_t)t * d, *Hp = a.Hp + (int64_t)t * hw;
+    const float *pt = a.post + (int64_t)t * h, *ct = a.comb + (int64_t)t * h * h;
+    if (VEC) {
+        const unsigned d4 = (unsigned)(d / 4), n4 = (unsigned)(hw / 4);
+        const float4 *y4 = (const float4 *)yt, *H4 = (const float4 *)Hp;
+#pragma unroll
+        for (int q = 0; q < 2; q++) {
+            const unsigned c = (unsigned)b * (kCols / 4) + lane + 32 * q;
+            float4 o = make_float4(0.f, 0.f, 0.f, 0.f);
+            if (c < n4) {
+                // stream k, float4 chunk i of that stream
+                const unsigned k = (unsigned)stream_of(c, d4, a.rd4), i = c - k * d4;
+                const float4 yv = y4[i];
+                const float pk = pt[k];
+                if (P == 1) {
+                    float cm[4];
+                    float4 hv[4];
+#pragma unroll
+                    for (int kk = 0; kk < 4; kk++)
+                        if (kk < h) cm[kk] = ct[kk * h + k], hv[kk] = H4[kk * d4 + i];
+                    o = make_float4(__fmul_rn(pk, yv.x), __fmul_rn(pk, yv.y), __fmul_rn(pk, yv.z), __fmul_rn(pk, yv.w));
+#pragma unroll
+                    for (int kk = 0; kk < 4; kk++)
+                        if (kk < h) {
+                            o.x = __fadd_rn(o.x, __fmul_rn(cm[kk], hv[kk].x));
+                            o.y = __fadd_rn(o.y, __fmul_rn(cm[kk], hv[kk].y));
+                            o.z = __fadd_rn(o.z, __fmul_rn(cm[kk], hv[kk].z));
+                            o.w = __fadd_rn(o.w, __fmul_rn(cm[kk], hv[kk].w));
+                        }
+                } else {
+                    o = make_float4(__fmul_rn(pk, yv.x), __fmul_rn(pk, yv.y), __fmul_rn(pk, yv.z), __fmul_rn(pk, yv.w));
+                    for (int kk = 0; kk < h; kk++) {
+                        const float cm = ct[kk * h + k];
+                        const float4 hv = H4[(unsigned)kk * d4 + i];
+                        o.x = __fadd_rn(o.x, __fmul_rn(cm, hv.x));
+                        o.y = __fadd_rn(o.y, __fmul_rn(cm, hv.y));
+                        o.z = __fadd_rn(o.z, __fmul_rn(cm, hv.z));
+                        o.w = __fadd_rn(o.w, __fmul_rn(cm, hv.w));
+                    }
+                }
+            }
+            v[4 * q] = o.x, v[4 * q + 1] = o.y, v[4 * q + 2] = o.z, v[4 * q + 3] = o.w;
+        }
+    } else {                                 // the slow path (any d, any alignment)
+#pragma unroll
+        for (int q = 0; q < 8; q++) {
+            const int64_t c = (int64_t)b * kCols + lane + 32 * q;
+            float s = 0.0f;
+            if (c < hw) {
+                const int64_t k = stream_of(c, d, a.rd), i = c - k * d;
+                s = __fmul_rn(pt[k], yt[i]);
+                for (int kk = 0; kk < h; kk++) s = __fadd_rn(s, __fmul_rn(ct[kk * h + k], Hp[kk * d + i]));
+            }
+            v[q] = s;
+        }
+    }
+}
+// Store load_h's columns of slice b (those < hw) to the flat row.
+template <bool VEC>
+__device__ __forceinline__ void store_h(float *row, int64_t hw, int b, int lane, const float v[8]) {
+    if (VEC) {
+        float4 *r4 = (float4 *)row;
+#pragma unroll
+        for (int q = 0; q < 2; q++) {
+            const int64_t c = (int64_t)b * (kCols / 4) + lane + 32 * q;
+            if (c < hw / 4) r4[c] = make_float4(v[4 * q], v[4 * q + 1], v[4 * q + 2], v[4 * q + 3]);
+        }
+    } else {
+#pragma unroll
+        for (int q = 0; q < 8; q++) {
+            const int64_t c = (int64_t)b * kCols + lane + 32 * q;
+            if (c < hw) row[c] = v[q];
+        }
+    }
+}
+
 // KV > 0: fast epilogue (h <= 4, d4 = d/4 <= KV·256, aligned); KV == 0: generic epilogue.
-// VEC: float4 phase 1 (hw % 4 == 0, aligned H and fn rows).
-template <int KV, bool VEC>
-__global__ void __launch_bounds__(kThreads) k_hc_site(HcArgs a) {
+// VEC: float4 phase 1 (hw % 4 == 0, aligned H and fn rows). P: 0 hc_site (H read), 1 / 2
+// hc_post_site (H computed in phase 1 by post_h<VEC, P>).
+template <int KV, bool VEC, int P>
+__device__ __forceinline__ void hc_body(const HcArgs &a) {
     __shared__ float s_dot[kMaxMw];          // Σ over slices of fn_j · H[t] (unnormalised)
     __shared__ float s_C[kMaxH * kMaxH];     // Sinkhorn matrix (h*h > 32 only)
     __shared__ float s_pre[kMaxH];
@@ -165,7 +279,14 @@ __global__ void __launch_bounds__(kThreads) k_hc_site(HcArgs a) {
     }
     ds4cu::pdl_wait();                        // H, scratch and counters: after the previous kernel
     ds4cu::pdl_trigger();
-    load_h<VEC>(Ht, hw, b, lane, xv);
+    if constexpr (P == 0) {
+        load_h<VEC>(Ht, hw, b, lane, xv);
+    } else {
+        // the old post/comb of token t are read here only, before this block counts in
+        // below: token t's epilogue (which overwrites them) runs after all S arrivals
+        post_h<VEC, P>(a, t, b, lane, xv);
+        if (w == kNW - 1) store_h<VEC>(a.Ho + (int64_t)t * hw, hw, b, lane, xv);
+    }
     if (w == kNW - 1) {
         double ss = 0;
 #pragma unroll
@@ -226,9 +347,13 @@ __global__ void __launch_bounds__(kThreads) k_hc_site(HcArgs a) {
         for (int k = 0; k < KVR; k++) {
             const int64_t i = xt + (int64_t)k * kXThreads;
             if (i < d4) {
+                // post variants: H[t] was just written by other blocks: read with ld.cg
+                // below, never via L1
+                if constexpr (P == 0) {
 #pragma unroll
-                for (int c = 0; c < 4; c++)
-                    if (c < h) prefetch_l1(H4 + c * d4 + i);
+                    for (int c = 0; c < 4; c++)
+                        if (c < h) prefetch_l1(H4 + c * d4 + i);
+                }
                 prefetch_l1(w4 + i);
             }
         }
@@ -340,7 +465,7 @@ __global__ void __launch_bounds__(kThreads) k_hc_site(HcArgs a) {
 #pragma unroll
                 for (int c = 0; c < 4; c++)
                     if (c < h) {
-                        const float4 hv = H4[c * d4 + i];
+                        const float4 hv = P ? __ldcg(H4 + c * d4 + i) : H4[c * d4 + i];
                         o.x = __fadd_rn(o.x, __fmul_rn(pr[c], hv.x));
                         o.y = __fadd_rn(o.y, __fmul_rn(pr[c], hv.y));
                         o.z = __fadd_rn(o.z, __fmul_rn(pr[c], hv.z));
@@ -376,7 +501,8 @@ __global__ void __launch_bounds__(kThreads) k_hc_site(HcArgs a) {
     } else {
         for (int64_t i = xt; i < d; i += kXThreads) {
             float s = 0;
-            for (int k = 0; k < h; k++) s = __fadd_rn(s, __fmul_rn(s_pre[k], Ht[k * d + i]));
+            for (int k = 0; k < h; k++)
+                s = __fadd_rn(s, __fmul_rn(s_pre[k], P ? __ldcg(Ht + k * d + i) : Ht[k * d + i]));
             xo[i] = s;                       // re-read below by this same thread only
             ss += (double)s * s;
         }
@@ -388,6 +514,18 @@ __global__ void __launch_bounds__(kThreads) k_hc_site(HcArgs a) {
         const float scale = (float)(1.0 / sqrt(tot / (double)d + a.eps));
         for (int64_t i = xt; i < d; i += kXThreads) xo[i] = __fmul_rn(__fmul_rn(xo[i], scale), a.norm_w[i]);
     }
+}
+
+// hc_site: no minimum-blocks hint (ptxas then holds the fast variants at 56 registers;
+// any hint, even 1, costs ~10 more). hc_post_site (P 1 / 2): the hint 2 (<= 113
+// registers): without it ptxas stopped at 72 and spilled, phase 1 holding the fn values
+// and every hc_post input at once; 2 blocks of 288 threads per SM still cover decode's
+// 64 blocks per token.
+template <int KV, bool VEC>
+__global__ void __launch_bounds__(kThreads) k_hc_site(HcArgs a) { hc_body<KV, VEC, 0>(a); }
+template <int KV, bool VEC, int P>
+__global__ void __launch_bounds__(kThreads, VEC ? 2 : 1) k_hc_post_site(HcArgs a) {
+    hc_body<KV, VEC, P>(a);
 }
 
 bool al(const void *p, size_t n) { return (uintptr_t)p % n == 0; }
@@ -408,20 +546,13 @@ void hc_site_seq(ds4_backend *be, const ds4_tensor *fn, const float *scale, cons
     be->rmsnorm(be, xn, d, norm_w, xn, d, d, n_tok, eps);
 }
 
-}  // namespace
-
-void ds4cu_hc_site(ds4_backend *be, const ds4_tensor *fn, const float *scale, const float *base, const float *H,
-                   int n_tok, int h, int64_t d, int iters, double hc_eps, double eps, const float *norm_w, float *post,
-                   float *comb, float *xn) {
-    DS4_ASSERT(h >= 1 && h <= kMaxH && d >= 1);
-    if (n_tok <= 0) return;
+// One fused launch sequence (fn F16 / F32). y == NULL: hc_site on H; otherwise
+// hc_post_site: H (written) = hc_post(y, Hp, post, comb), then hc_site on it.
+void hc_launch(ds4_backend *be, const ds4_tensor *fn, const float *scale, const float *base, const float *y,
+               const float *Hp, const float *H, int n_tok, int h, int64_t d, int iters, double hc_eps, double eps,
+               const float *norm_w, float *post, float *comb, float *xn) {
     const int mw = (2 + h) * h;
     const int64_t hw = (int64_t)h * d;
-    DS4_ASSERT(fn->ne[0] == (uint64_t)hw && fn->ne[1] >= (uint64_t)mw);
-    if (fn->type != DS4_TYPE_F16 && fn->type != DS4_TYPE_F32) {
-        hc_site_seq(be, fn, scale, base, H, n_tok, h, d, iters, hc_eps, eps, norm_w, post, comb, xn);
-        return;
-    }
     HcArgs a;
     a.fn = (const uint8_t *)ds4cu::dev_of(be, fn->data);
     a.fn_rb = (size_t)fn->row_bytes;
@@ -436,22 +567,36 @@ void ds4cu_hc_site(ds4_backend *be, const ds4_tensor *fn, const float *scale, co
     a.iters = iters;
     a.hc_eps = (float)hc_eps;
     a.eps = eps;
+    a.rd = (float)(1.0 / (double)d);
+    a.rd4 = d >= 4 ? (float)(1.0 / (double)(d / 4)) : 0.0f;
     const int64_t S = (hw + kCols - 1) / kCols;
     DS4_ASSERT(S <= 0x7fffffff);
     a.S = (int)S;
-    // float4 phase 1: 16-byte H rows, fn rows aligned to its 4-element chunks (8 / 16 B)
+    // float4 phase 1: 16-byte H rows, fn rows aligned to its 4-element chunks (8 / 16 B);
+    // hc_post also needs d % 4 == 0 (chunks within one stream), 16-byte y / Hp rows and
+    // 32-bit chunk indices
     const size_t fa = a.f16 ? 8 : 16;
-    const bool vec = hw % 4 == 0 && al(H, 16) && al(a.fn, fa) && a.fn_rb % fa == 0;
+    bool vec = hw % 4 == 0 && al(H, 16) && al(a.fn, fa) && a.fn_rb % fa == 0;
+    if (y) vec = vec && d % 4 == 0 && al(y, 16) && al(Hp, 16) && hw / 4 < 0x7fffffff;
     // register epilogue: h <= 4 streams of d4 float4 chunks over kXThreads threads
     const int64_t d4 = d / 4;
     int kv = 0;
     if (vec && d % 4 == 0 && h <= 4 && al(xn, 16) && al(norm_w, 16))
         kv = d4 <= kXThreads ? 1 : d4 <= 2 * kXThreads ? 2 : d4 <= 4 * kXThreads ? 4 : 0;
-    void (*k)(HcArgs) = kv == 1 ? k_hc_site<1, true>
-                        : kv == 2 ? k_hc_site<2, true>
-                        : kv == 4 ? k_hc_site<4, true>
-                        : vec     ? k_hc_site<0, true>
-                                  : k_hc_site<0, false>;
+    void (*k)(HcArgs);
+    if (!y)
+        k = kv == 1 ? k_hc_site<1, true>
+            : kv == 2 ? k_hc_site<2, true>
+            : kv == 4 ? k_hc_site<4, true>
+            : vec     ? k_hc_site<0, true>
+                      : k_hc_site<0, false>;
+    else    // kv > 0 implies h <= 4: the unrolled hc_post (P 1)
+        k = kv == 1           ? k_hc_post_site<1, true, 1>
+            : kv == 2         ? k_hc_post_site<2, true, 1>
+            : kv == 4         ? k_hc_post_site<4, true, 1>
+            : vec && h <= 4   ? k_hc_post_site<0, true, 1>
+            : vec             ? k_hc_post_site<0, true, 2>
+                              : k_hc_post_site<0, false, 2>;
     // scratch for one launch of up to kTokPerLaunch tokens: ssp (f64) then part (f32)
     const int nt_max = n_tok < kTokPerLaunch ? n_tok : kTokPerLaunch;
     const size_t ssp_b = ((size_t)nt_max * S * sizeof(double) + 255) & ~(size_t)255;
@@ -463,9 +608,47 @@ void ds4cu_hc_site(ds4_backend *be, const ds4_tensor *fn, const float *scale, co
     for (int t0 = 0; t0 < n_tok; t0 += kTokPerLaunch) {
         const int nt = n_tok - t0 < kTokPerLaunch ? n_tok - t0 : kTokPerLaunch;
         a.H = H + (int64_t)t0 * hw;
+        a.Ho = (float *)a.H;                  // written only by the post variants (y != NULL)
+        a.y = y ? y + (int64_t)t0 * d : NULL;
+        a.Hp = y ? Hp + (int64_t)t0 * hw : NULL;
         a.post = post + (int64_t)t0 * h;
         a.comb = comb + (int64_t)t0 * h * h;
         a.xn = xn + (int64_t)t0 * d;
         DS4CU_CK(ds4cu::launch(k, dim3((unsigned)S, (unsigned)nt), dim3(kThreads), 0, ds4cu::stream(be), a));
     }
+}
+
+}  // namespace
+
+void ds4cu_hc_site(ds4_backend *be, const ds4_tensor *fn, const float *scale, const float *base, const float *H,
+                   int n_tok, int h, int64_t d, int iters, double hc_eps, double eps, const float *norm_w, float *post,
+                   float *comb, float *xn) {
+    DS4_ASSERT(h >= 1 && h <= kMaxH && d >= 1);
+    if (n_tok <= 0) return;
+    const int mw = (2 + h) * h;
+    const int64_t hw = (int64_t)h * d;
+    DS4_ASSERT(fn->ne[0] == (uint64_t)hw && fn->ne[1] >= (uint64_t)mw);
+    if (fn->type != DS4_TYPE_F16 && fn->type != DS4_TYPE_F32) {
+        hc_site_seq(be, fn, scale, base, H, n_tok, h, d, iters, hc_eps, eps, norm_w, post, comb, xn);
+        return;
+    }
+    hc_launch(be, fn, scale, base, NULL, NULL, H, n_tok, h, d, iters, hc_eps, eps, norm_w, post, comb, xn);
+}
+
+void ds4cu_hc_post_site(ds4_backend *be, const float *y, const float *Hprev, float *H, const ds4_tensor *fn,
+                        const float *scale, const float *base, int n_tok, int h, int64_t d, int iters, double hc_eps,
+                        double eps, const float *norm_w, float *post, float *comb, float *xn) {
+    DS4_ASSERT(h >= 1 && h <= kMaxH && d >= 1);
+    if (n_tok <= 0) return;
+    const int mw = (2 + h) * h;
+    const int64_t hw = (int64_t)h * d;
+    DS4_ASSERT(fn->ne[0] == (uint64_t)hw && fn->ne[1] >= (uint64_t)mw);
+    DS4_ASSERT(H != Hprev);
+    if (fn->type != DS4_TYPE_F16 && fn->type != DS4_TYPE_F32) {
+        // the op sequence: hc_post (reads the old post / comb), then the site (overwrites them)
+        be->hc_post(be, y, Hprev, post, comb, n_tok, h, d, H);
+        ds4cu_hc_site(be, fn, scale, base, H, n_tok, h, d, iters, hc_eps, eps, norm_w, post, comb, xn);
+        return;
+    }
+    hc_launch(be, fn, scale, base, y, Hprev, H, n_tok, h, d, iters, hc_eps, eps, norm_w, post, comb, xn);
 }
