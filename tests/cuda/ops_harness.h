@@ -87,7 +87,7 @@ inline const Wt kW[] = {
     {"emb", DS4_TYPE_F16, 512, 40, 1},
     // HC mixing projections: Flash (h 4, d 4096 -> 24 x 16384) in F16 and F32, tiny (h 2, d 64)
     {"hcfn", DS4_TYPE_F16, 16384, 24, 1}, {"hcfn32", DS4_TYPE_F32, 16384, 24, 1},
-    {"hcfn_tiny", DS4_TYPE_F16, 128, 8, 1},
+    {"hcfn_tiny", DS4_TYPE_F16, 128, 8, 1}, {"hcfn_odd", DS4_TYPE_F16, 4 * 1021, 24, 1},
     // attention-input projections sharing x (matmul_multi): Flash's q_a / kv (Q8_0) and
     // the compressor / indexer projections (F16), at reduced row counts
     {"mm_q8a", DS4_TYPE_Q8_0, 4096, 160, 1}, {"mm_q8b", DS4_TYPE_Q8_0, 4096, 64, 1},

@@ -217,6 +217,7 @@ void ops_fused_hc(ds4_backend *C, ds4_backend *G, const char *mode) {
         {"h1 d4096 f32 tok 2", "f32", 1, 4096, 2, {s0[0], s0[1], s0[2]}, 0.5f, 0, tf},
         {"h8 d512 f16 tok 2", "f16", 8, 512, 2, {s1[0], s1[1], s1[2]}, 2.0f, 0, tf},
         {"h4 d1024 q8_0 (op sequence) tok 2", "q8", 4, 1024, 2, {s0[0], s0[1], s0[2]}, 0.5f, 0, tq},
+        {"h4 d1021 f16 tok 2", "hcfn_odd", 4, 1021, 2, {s0[0], s0[1], s0[2]}, 0.5f, 0, tf},
     };
     for (const HcCase &k : cases) hc_case(C, G, mode, k);
     if (!G->hc_post_site) {
@@ -240,6 +241,8 @@ void ops_fused_hc(ds4_backend *C, ds4_backend *G, const char *mode) {
         {"h8 d512 f16 tok 2", "f16", 8, 512, 2, {s1[0], s1[1], s1[2]}, 2.0f, 0, tf},
         {"h1 d16384 f32 tok 2", "hcfn32", 1, 16384, 2, {s0[0], s0[1], s0[2]}, 0.5f, 0, tf},
         {"h4 d1024 q8_0 (op sequence) tok 2", "q8", 4, 1024, 2, {s0[0], s0[1], s0[2]}, 0.5f, 0, tq},
+        // d % 4 != 0 (h 4, d 1021): slices straddle streams on the scalar path
+        {"h4 d1021 f16 tok 2", "hcfn_odd", 4, 1021, 2, {s1[0], s1[1], s1[2]}, 2.0f, 0, tf},
     };
     for (const HcCase &k : pcases) hcps_case(C, G, mode, k);
 }

@@ -166,8 +166,8 @@ void *stage(cu_impl *im, const void *host, size_t bytes) {
     return d;
 }
 
-enum ProfOp { P_HC_SITE, P_QKV_ROPE, P_TOPK_DEV, P_ATTENTION_EX, P_MATMUL_MULTI, P_MATMUL, P_MOE_ROUTED, P_GET_ROWS, P_RMSNORM, P_ROPE, P_AXPY, P_SWIGLU, P_HC_PRE, P_HC_POST, P_HC_HEAD, P_COMPRESS_POOL, P_ATTENTION, P_INDEXER_SCORES, P_TOPK, P_FP8_SIM, P_HADAMARD_FP4_SIM, P_ROUND_F16, P_COPY, P_ZERO, P_READ, P_WRITE, P_COUNT };
-const char *const kProfName[] = {"hc_site", "qkv_rope", "topk_dev", "attention_ex", "matmul_multi", "matmul", "moe_routed", "get_rows", "rmsnorm", "rope", "axpy", "swiglu", "hc_pre", "hc_post", "hc_head", "compress_pool", "attention", "indexer_scores", "topk", "fp8_sim", "hadamard_fp4_sim", "round_f16", "copy", "zero", "read", "write"};
+enum ProfOp { P_HC_POST_SITE, P_HC_SITE, P_QKV_ROPE, P_TOPK_DEV, P_ATTENTION_EX, P_MATMUL_MULTI, P_MATMUL, P_MOE_ROUTED, P_GET_ROWS, P_RMSNORM, P_ROPE, P_AXPY, P_SWIGLU, P_HC_PRE, P_HC_POST, P_HC_HEAD, P_COMPRESS_POOL, P_ATTENTION, P_INDEXER_SCORES, P_TOPK, P_FP8_SIM, P_HADAMARD_FP4_SIM, P_ROUND_F16, P_COPY, P_ZERO, P_READ, P_WRITE, P_COUNT };
+const char *const kProfName[] = {"hc_post_site", "hc_site", "qkv_rope", "topk_dev", "attention_ex", "matmul_multi", "matmul", "moe_routed", "get_rows", "rmsnorm", "rope", "axpy", "swiglu", "hc_pre", "hc_post", "hc_head", "compress_pool", "attention", "indexer_scores", "topk", "fp8_sim", "hadamard_fp4_sim", "round_f16", "copy", "zero", "read", "write"};
 
 double now_s();
 int prof_label(cu_impl *im, const char *name);
@@ -1480,6 +1480,12 @@ void cu_hc_site(ds4_backend *be, const ds4_tensor *fn, const float *scale, const
     PROF(HC_SITE);
     ds4cu_hc_site(be, fn, scale, base, H, n_tok, h, d, iters, hc_eps, eps, norm_w, post, comb, xn);
 }
+void cu_hc_post_site(ds4_backend *be, const float *y, const float *Hprev, float *H, const ds4_tensor *fn, const float *scale,
+                     const float *base, int n_tok, int h, int64_t d, int iters, double hc_eps, double eps,
+                     const float *norm_w, float *post, float *comb, float *xn) {
+    PROF(HC_POST_SITE);
+    ds4cu_hc_post_site(be, y, Hprev, H, fn, scale, base, n_tok, h, d, iters, hc_eps, eps, norm_w, post, comb, xn);
+}
 void cu_qkv_rope(ds4_backend *be, float *q, int n_head, float *kv, const float *kv_norm, int64_t hd, int n_rot, int64_t pos,
                  const float *inv_freq, bool prod, double eps, float *raw, float *iq, int iq_heads, int64_t ihd, int n_put,
                  float *const *put_dst, const float *const *put_src, const float *const *put_ape, const int64_t *put_cw) {
@@ -1646,6 +1652,7 @@ extern "C" int ds4_backend_cuda_create(ds4_backend **out, const ds4_model *m, ds
         const bool all = nf && (!strcmp(nf, "1") || !strcmp(nf, "all"));
         auto off = [&](const char *k) { return all || (nf && strstr(nf, k)); };
         be->hc_site = off("hc") ? NULL : cu_hc_site;
+        be->hc_post_site = off("hc") || off("hpost") ? NULL : cu_hc_post_site;
         be->qkv_rope = off("qkv") ? NULL : cu_qkv_rope;
         be->topk_dev = off("topk") ? NULL : cu_topk_dev;
         be->attention_ex = off("attn") ? NULL : cu_attention_ex;
