@@ -1367,6 +1367,10 @@ extern "C" int ds4_cuda_matvec_list(const ds4_cuda_mv_entry *e, int n_entries, c
         const HostEnt he = {&e[j].w, e[j].ids, e[j].n_sel, e[j].y};
         const int rc = check_entry(he, &rb, err, errlen);
         if (rc) return rc;
+        // the contract (one type and k per list) holds before the split by alignment
+        if (e[j].w.type != e[0].w.type || e[j].w.k != e[0].w.k)
+            return ds4_err(err, errlen, DS4_ERR_ARG, "matvec_list: entry %d is %s k=%lld, entry 0 %s k=%lld", j,
+                           ds4_type_name(e[j].w.type), (long long)e[j].w.k, ds4_type_name(e[0].w.type), (long long)e[0].w.k);
         const int f = entry_fast(&e[j].w, rb) ? 1 : 0;
         h[f][nh[f]++] = he;
     }
