@@ -158,10 +158,12 @@ static void moe(ds4_session *s, int il, const int32_t *tok, int n) {
     const float clamp = hp->swiglu_clamp[il];
 
     be->matmul(be, &L->gate_inp, 0, 0, (uint64_t)ne, sc->x, d, sc->rlog, ne, n);
-    if (be->moe_routed && n <= 4) {
-        /* decode: the backend routes and runs the experts in its memory (no host round
-         * trip); larger chunks keep the per-expert grouping below (each expert's weights
-         * read once per chunk). Both give the same values (backend.h). */
+    if (be->moe_routed) {
+        /* the backend routes and runs the experts (and the shared expert) in its memory:
+         * no host round trip. The per-expert grouping below reads each expert once per
+         * chunk but costs a few launches per (token, expert) pair for the gathers, the
+         * SwiGLUs and the accumulation, which on a GPU outweighs re-reading the weights
+         * (measured: prefill, bench/RESULTS.md). Both give the same values (backend.h). */
         const int32_t *hs = NULL;
         if (L->hash) {
             for (int t = 0; t < n; t++)
