@@ -168,6 +168,12 @@ static void moe_sequence(ds4_backend *B, bool exact, const std::vector<float> &l
 // Experts: 8 Q8_0 stacks of 64 x 64 viewed in "q8" (the harness reserves the expert
 // scratch for k 6, ff 64, d 64).
 static void moe_case(ds4_backend *C, ds4_backend *G, const char *mode, int n, bool hashed, bool shared) {
+    char rerr[256];  // up to n tokens per matmul (CPU) and n·k selections (GPU router scratch)
+    if (C->reserve(C, n, 4096, rerr, sizeof rerr) < 0 || G->reserve(G, n, 4096, rerr, sizeof rerr) < 0) {
+        printf("FAIL %s moe_routed: reserve: %s\n", mode, rerr);
+        g_fail++;
+        return;
+    }
     const bool exact = C->numerics == DS4_NUM_EXACT;
     const double tq = exact ? 1e-4 : 2e-4;
     const int ne = 8, k = 6;
@@ -216,7 +222,7 @@ void ops_fused_mm(ds4_backend *C, ds4_backend *G, const char *mode) {
     else
         printf("skip %s matmul_groups (not provided)\n", mode);
     if (G->moe_routed)
-        for (int nt : {1, 3})
+        for (int nt : {1, 3, 13})  // 13: two token groups of the batched expert launches (10 + 3 at k 6)
             for (bool hashed : {false, true})
                 for (bool shared : {false, true}) moe_case(C, G, mode, nt, hashed, shared);
     else

@@ -840,16 +840,29 @@ __global__ void k_swiglu_w(float *g, const float *u, int64_t ff, int k, float li
     g[i] = __fmul_rn(__fmul_rn(silu, uv), scale);
 }
 
-// y[i] = Σ_j a_j · dn[j][i] from zero in j order, a_j = w[j] or 1, then + 1 · sh[i] when
-// sh (the shared expert) is given: the axpy op's rounding at every step.
+// y[t][i] = Σ_j a_tj · dn[t*k + j][i] from zero in j order, a_tj = w[t*k + j] or 1, then
+// + 1 · sh[t][i] when sh (the shared expert) is given: the axpy op's rounding at every step.
+// Grid: (ceil(d / blockDim), tokens).
 __global__ void k_moe_acc(float *y, const float *dn, int64_t d, int k, const float *w, const float *sh) {
     pdl_enter();
-    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    const int t = blockIdx.y;
     if (i >= d) return;
     float acc = 0.0f;
-    for (int j = 0; j < k; j++) acc = __fadd_rn(acc, __fmul_rn(w ? w[j] : 1.0f, dn[(int64_t)j * d + i]));
-    if (sh) acc = __fadd_rn(acc, __fmul_rn(1.0f, sh[i]));
-    y[i] = acc;
+    for (int j = 0; j < k; j++)
+        acc = __fadd_rn(acc, __fmul_rn(w ? w[t * k + j] : 1.0f, dn[((int64_t)t * k + j) * d + i]));
+    if (sh) acc = __fadd_rn(acc, __fmul_rn(1.0f, sh[(int64_t)t * d + i]));
+    y[(int64_t)t * d + i] = acc;
+}
+
+// X[e][i] = x[e / k][i], e < nt·k: each (token, expert) selection's own copy of its token's
+// input, for the batched expert launches (one x per selection).
+__global__ void k_expand(float *X, const float *x, int64_t d, int k, int n_sel) {
+    pdl_enter();
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    const int e = blockIdx.y;
+    if (i >= d || e >= n_sel) return;
+    X[(int64_t)e * d + i] = x[(int64_t)(e / k) * d + i];
 }
 
 // ------------------------------------------------------------------ ops
@@ -1110,63 +1123,87 @@ void cu_moe_routed(ds4_backend *be, const float *lg, const float *bias, const in
     const ds4_cuda_qmat qg = stack_of(im, gate), qu = stack_of(im, up), qd = stack_of(im, down);
     const ds4_cuda_act_mode mode = exact ? DS4_CUDA_ACT_F32 : DS4_CUDA_ACT_QUANT;
     char err[256];
-    for (int t = 0; t < n; t++) {
-        const int32_t *ids = im->d_sel + t * k;
-        const float *w = im->d_selw + t * k;
-        const float *xt = x + (int64_t)t * d;
-        // gate and up of the k experts: one launch (two stacks, one x quantised once)
-        int rc = DS4_ERR_UNSUPPORTED;
-        if (2 * k <= 64) {
-            const ds4_cuda_mv_entry gu[2] = {{qg, ids, k, im->d_g}, {qu, ids, k, im->d_u}};
+    int rc;
+    // Every launch below computes each output with the single-matrix matvec code and the
+    // swiglu op's rounding, so grouping tokens changes no value (backend.h moe_routed).
+    // The shared expert first, for every token: groups of up to 64 tokens, one launch each
+    // for gate, up and down (one x per token; ids all 0 select the one matrix), into sh.
+    float *sh = nullptr;
+    if (gate_sh) {
+        const ds4_cuda_qmat sg = one_of(im, gate_sh), su = one_of(im, up_sh), sd = one_of(im, down_sh);
+        const int64_t ffs = sg.n;
+        DS4_ASSERT(su.n == ffs && sd.k == ffs && sd.n == d && sg.k == d && su.k == d);
+        const int ts_max = n < 64 ? n : 64;
+        sh = (float *)ds4cu::scratch(be, ds4cu::SCR_MOE, (size_t)n * d * sizeof(float));
+        float *gs = (float *)ds4cu::scratch(be, ds4cu::SCR_SPARE1, 2 * (size_t)ts_max * ffs * sizeof(float));
+        float *us = gs + (size_t)ts_max * ffs;
+        for (int t0 = 0; t0 < n; t0 += 64) {
+            const int ts = n - t0 < 64 ? n - t0 : 64;
+            const float *xt = x + (int64_t)t0 * d;
+            rc = DS4_ERR_UNSUPPORTED;
+            if (ts == 1 && sg.type == su.type) {  // decode: gate and up in one list launch
+                const ds4_cuda_mv_entry gu[2] = {{sg, nullptr, 1, gs}, {su, nullptr, 1, us}};
+                rc = ds4_cuda_matvec_list(gu, 2, xt, mode, im->st, err, sizeof err);
+            }
+            if (rc == DS4_ERR_UNSUPPORTED) {
+                mv_check(ds4_cuda_matvec_ids(&sg, im->d_zero_ids, ts, xt, d, gs, mode, im->st, err, sizeof err), err);
+                mv_check(ds4_cuda_matvec_ids(&su, im->d_zero_ids, ts, xt, d, us, mode, im->st, err, sizeof err), err);
+            } else {
+                mv_check(rc, err);
+            }
+            float *dst = sh + (int64_t)t0 * d;
+            rc = ds4_cuda_matvec_ids_swiglu(&sd, im->d_zero_ids, ts, gs, us, nullptr, clamp, dst, mode, im->st, err,
+                                            sizeof err);
+            if (rc == DS4_ERR_UNSUPPORTED) {
+                KL(k_swiglu_w, nblk(ffs * ts, 256), 256, 0, im->st, gs, us, ffs, ts, clamp, (const float *)nullptr);
+                rc = ds4_cuda_matvec_ids(&sd, im->d_zero_ids, ts, gs, ffs, dst, mode, im->st, err, sizeof err);
+            }
+            mv_check(rc, err);
+        }
+    }
+    // The routed experts: groups of tb tokens (tb·k selections <= 64). One token: gate and
+    // up in one list launch over its shared x. More: each selection gets its own copy of
+    // its token's x (k_expand), then one launch each for gate, up and down (SwiGLU · w in
+    // its prologue in production), and one accumulation for the group.
+    const int tb_max = 64 / k;
+    const int tbg = n < tb_max ? n : tb_max;
+    float *gb = (float *)ds4cu::scratch(be, ds4cu::SCR_SPARE2,
+                                        ((size_t)2 * tbg * k * ff + (size_t)2 * tbg * k * d) * sizeof(float));
+    float *ub = gb + (size_t)tbg * k * ff, *xb = ub + (size_t)tbg * k * ff, *db = xb + (size_t)tbg * k * d;
+    for (int t0 = 0; t0 < n; t0 += tb_max) {
+        const int tb = n - t0 < tb_max ? n - t0 : tb_max, ns = tb * k;
+        const int32_t *ids = im->d_sel + t0 * k;
+        const float *w = im->d_selw + t0 * k;
+        const float *xt = x + (int64_t)t0 * d;
+        float *g = tb == 1 ? im->d_g : gb, *u = tb == 1 ? im->d_u : ub, *dn = tb == 1 ? im->d_dn : db;
+        rc = DS4_ERR_UNSUPPORTED;
+        if (tb == 1 && 2 * k <= 64) {
+            const ds4_cuda_mv_entry gu[2] = {{qg, ids, k, g}, {qu, ids, k, u}};
             rc = ds4_cuda_matvec_list(gu, 2, xt, mode, im->st, err, sizeof err);
         }
         if (rc == DS4_ERR_UNSUPPORTED) {
-            mv_check(ds4_cuda_matvec_ids(&qg, ids, k, xt, 0, im->d_g, mode, im->st, err, sizeof err), err);
-            mv_check(ds4_cuda_matvec_ids(&qu, ids, k, xt, 0, im->d_u, mode, im->st, err, sizeof err), err);
+            const float *xs = xt;
+            int64_t xstr = 0;
+            if (tb > 1) {
+                KL(k_expand, dim3(nblk(d, 256), (unsigned)ns), 256, 0, im->st, xb, xt, d, k, ns);
+                xs = xb;
+                xstr = d;
+            }
+            mv_check(ds4_cuda_matvec_ids(&qg, ids, ns, xs, xstr, g, mode, im->st, err, sizeof err), err);
+            mv_check(ds4_cuda_matvec_ids(&qu, ids, ns, xs, xstr, u, mode, im->st, err, sizeof err), err);
         } else {
             mv_check(rc, err);
         }
         // down with swiglu(g, u) (· w in production) made in its activation prologue: the
         // values k_swiglu_w would store, so the same as the generic swiglu + matmul
-        rc = ds4_cuda_matvec_ids_swiglu(&qd, ids, k, im->d_g, im->d_u, exact ? NULL : w, clamp, im->d_dn, mode, im->st, err,
-                                        sizeof err);
+        rc = ds4_cuda_matvec_ids_swiglu(&qd, ids, ns, g, u, exact ? NULL : w, clamp, dn, mode, im->st, err, sizeof err);
         if (rc == DS4_ERR_UNSUPPORTED) {
-            KL(k_swiglu_w, nblk(ff * k, 256), 256, 0, im->st, im->d_g, im->d_u, ff, k, clamp, exact ? NULL : w);
-            CKL();
-            rc = ds4_cuda_matvec_ids(&qd, ids, k, im->d_g, ff, im->d_dn, mode, im->st, err, sizeof err);
+            KL(k_swiglu_w, nblk(ff * ns, 256), 256, 0, im->st, g, u, ff, ns, clamp, exact ? NULL : w);
+            rc = ds4_cuda_matvec_ids(&qd, ids, ns, g, ff, dn, mode, im->st, err, sizeof err);
         }
         mv_check(rc, err);
-        // the shared expert (forward.c's sequence matmul, matmul, swiglu, matmul, axpy):
-        // gate and up in one launch into the first ff of d_g / d_u (the routed down above
-        // has consumed them, in stream order), down with the swiglu prologue (scale 1)
-        const float *sh = nullptr;
-        if (gate_sh) {
-            DS4_ASSERT(gate_sh->ne[1] <= (uint64_t)k * ff && down_sh->ne[0] == gate_sh->ne[1] && down_sh->ne[1] == (uint64_t)d);
-            const ds4_cuda_qmat sg = one_of(im, gate_sh), su = one_of(im, up_sh), sd = one_of(im, down_sh);
-            float *dsh = (float *)ds4cu::scratch(be, ds4cu::SCR_MOE, (size_t)d * sizeof(float));
-            rc = DS4_ERR_UNSUPPORTED;
-            if (sg.type == su.type) {
-                const ds4_cuda_mv_entry gu[2] = {{sg, nullptr, 1, im->d_g}, {su, nullptr, 1, im->d_u}};
-                rc = ds4_cuda_matvec_list(gu, 2, xt, mode, im->st, err, sizeof err);
-            }
-            if (rc == DS4_ERR_UNSUPPORTED) {
-                mv_check(ds4_cuda_matvec(&sg, xt, im->d_g, mode, im->st, err, sizeof err), err);
-                mv_check(ds4_cuda_matvec(&su, xt, im->d_u, mode, im->st, err, sizeof err), err);
-            } else {
-                mv_check(rc, err);
-            }
-            rc = ds4_cuda_matvec_ids_swiglu(&sd, nullptr, 1, im->d_g, im->d_u, nullptr, clamp, dsh, mode, im->st, err,
-                                            sizeof err);
-            if (rc == DS4_ERR_UNSUPPORTED) {
-                KL(k_swiglu_w, nblk(sd.k, 256), 256, 0, im->st, im->d_g, im->d_u, sd.k, 1, clamp, nullptr);
-                CKL();
-                rc = ds4_cuda_matvec(&sd, im->d_g, dsh, mode, im->st, err, sizeof err);
-            }
-            mv_check(rc, err);
-            sh = dsh;
-        }
-        KL(k_moe_acc, nblk(d, 256), 256, 0, im->st, y + t * d, im->d_dn, d, k, exact ? w : NULL, sh);
-        CKL();
+        KL(k_moe_acc, dim3(nblk(d, 256), (unsigned)tb), 256, 0, im->st, y + (int64_t)t0 * d, dn, d, k, exact ? w : NULL,
+           sh ? sh + (int64_t)t0 * d : (const float *)nullptr);
     }
 }
 
