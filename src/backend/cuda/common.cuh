@@ -73,6 +73,78 @@ __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commi
 template <int N>
 __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory"); }
 
+// Warp-wide reductions (every lane gets the result; xor-shuffle tree, a fixed order).
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+__device__ __forceinline__ double warp_sum_d(double v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+// The production-numerics roundings (MODEL.md §13), the device mirror of
+// ds4_fp8_e4m3_round / ds4_fp4_e2m1_round (cpu_backend.c): nearest E4M3FN value in
+// [−448, 448] with ties to even; nearest of ±{0, .5, 1, 1.5, 2, 3, 4, 6} with ties to the
+// even index; and the power of two at or above r (the per-block scale).
+__device__ inline float d_fp8_round(float v) {
+    float a = fabsf(v);
+    if (isnan(v)) return v;
+    if (a >= 448.0f) return copysignf(448.0f, v);
+    float step;
+    if (a < 0x1p-6f) {
+        step = 0x1p-9f;
+    } else {
+        int e;
+        frexpf(a, &e);
+        step = ldexpf(1.0f, e - 1 - 3);
+    }
+    float q = rintf(a / step) * step;
+    if (q > 448.0f) q = 448.0f;
+    return copysignf(q, v);
+}
+__device__ inline float d_fp4_round(float v) {
+    const float grid[8] = {0, 0.5f, 1, 1.5f, 2, 3, 4, 6};
+    float a = fabsf(v);
+    if (isnan(v)) return v;
+    int best = 0;
+    float bd = INFINITY;
+    for (int i = 0; i < 8; i++) {
+        float dd = fabsf(a - grid[i]);
+        if (dd < bd || (dd == bd && (i % 2) == 0 && (best % 2) != 0)) {
+            bd = dd;
+            best = i;
+        }
+    }
+    return copysignf(grid[best], v);
+}
+__device__ inline float d_pow2_ceil(float r) {
+    int e;
+    float m = frexpf(r, &e);
+    return m == 0.5f ? ldexpf(1.0f, e - 1) : ldexpf(1.0f, e);
+}
+
+// The rmsnorm op's per-element step on four values: v·scale, then ·w when has_w, each
+// product rounded (shared by the rmsnorm kernel and the fused ops that must match it).
+__device__ __forceinline__ float4 rms_scale4(float4 v, float scale, bool has_w, float4 w) {
+    float4 o;
+    o.x = __fmul_rn(v.x, scale);
+    o.y = __fmul_rn(v.y, scale);
+    o.z = __fmul_rn(v.z, scale);
+    o.w = __fmul_rn(v.w, scale);
+    if (has_w) {
+        o.x = __fmul_rn(o.x, w.x);
+        o.y = __fmul_rn(o.y, w.y);
+        o.z = __fmul_rn(o.z, w.z);
+        o.w = __fmul_rn(o.w, w.w);
+    }
+    return o;
+}
+
 // Programmatic dependent launch (sm_90; see launch() below). A kernel launched with the
 // PDL attribute may start while the previous kernel of the stream is still running: it
 // must call pdl_wait() before its first access to memory that earlier work in the stream

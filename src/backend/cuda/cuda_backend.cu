@@ -204,18 +204,9 @@ struct Prof {
 #define PROF(op) Prof prof_(IMPL(be), P_##op)
 
 // ------------------------------------------------------------------ device helpers
-__device__ float warp_sum(float v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-__device__ double warp_sum_d(double v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-__device__ float warp_max(float v) {
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-    return v;
-}
+using ds4cu::warp_max;
+using ds4cu::warp_sum;
+using ds4cu::warp_sum_d;
 
 // Block-wide sums/max for blocks of a multiple of 32 threads (<= 1024); result on all.
 __device__ double block_sum_d(double v) {
@@ -251,43 +242,9 @@ __device__ float block_max(float v) {
 
 __device__ float d_sigmoid(float z) { return 1.0f / (1.0f + expf(-z)); }
 
-// Same definitions as cpu_backend.c (MODEL.md §13).
-__device__ float d_fp8_round(float v) {
-    float a = fabsf(v);
-    if (isnan(v)) return v;
-    if (a >= 448.0f) return copysignf(448.0f, v);
-    float step;
-    if (a < 0x1p-6f) {
-        step = 0x1p-9f;
-    } else {
-        int e;
-        frexpf(a, &e);
-        step = ldexpf(1.0f, e - 1 - 3);
-    }
-    float q = rintf(a / step) * step;
-    if (q > 448.0f) q = 448.0f;
-    return copysignf(q, v);
-}
-__device__ float d_fp4_round(float v) {
-    const float grid[8] = {0, 0.5f, 1, 1.5f, 2, 3, 4, 6};
-    float a = fabsf(v);
-    if (isnan(v)) return v;
-    int best = 0;
-    float bd = INFINITY;
-    for (int i = 0; i < 8; i++) {
-        float dd = fabsf(a - grid[i]);
-        if (dd < bd || (dd == bd && (i % 2) == 0 && (best % 2) != 0)) {
-            bd = dd;
-            best = i;
-        }
-    }
-    return copysignf(grid[best], v);
-}
-__device__ float d_pow2_ceil(float r) {
-    int e;
-    float m = frexpf(r, &e);
-    return m == 0.5f ? ldexpf(1.0f, e - 1) : ldexpf(1.0f, e);
-}
+using ds4cu::d_fp4_round;
+using ds4cu::d_fp8_round;
+using ds4cu::d_pow2_ceil;
 
 // ------------------------------------------------------------------ kernels
 // First statement of every kernel here: such a kernel may start while the previous
@@ -370,7 +327,7 @@ __global__ void __launch_bounds__(1024) k_rmsnorm_v4(const float *x, int64_t xs,
         const int i = threadIdx.x + k * blockDim.x;
         if (i < n4) {
             v[k] = xr[i];
-            if (w) wv[k] = w4[i];
+            wv[k] = w ? w4[i] : make_float4(0.f, 0.f, 0.f, 0.f);
         }
     }
     double ss = 0;
@@ -388,20 +345,7 @@ __global__ void __launch_bounds__(1024) k_rmsnorm_v4(const float *x, int64_t xs,
 #pragma unroll
     for (int k = 0; k < KV; k++) {
         const int i = threadIdx.x + k * blockDim.x;
-        if (i < n4) {
-            float4 o;
-            o.x = __fmul_rn(v[k].x, scale);
-            o.y = __fmul_rn(v[k].y, scale);
-            o.z = __fmul_rn(v[k].z, scale);
-            o.w = __fmul_rn(v[k].w, scale);
-            if (w) {
-                o.x = __fmul_rn(o.x, wv[k].x);
-                o.y = __fmul_rn(o.y, wv[k].y);
-                o.z = __fmul_rn(o.z, wv[k].z);
-                o.w = __fmul_rn(o.w, wv[k].w);
-            }
-            yr[i] = o;
-        }
+        if (i < n4) yr[i] = ds4cu::rms_scale4(v[k], scale, w != nullptr, wv[k]);
     }
 }
 

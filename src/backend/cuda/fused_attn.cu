@@ -66,6 +66,18 @@ __device__ __forceinline__ uint32_t tk_get(const float *__restrict__ score, cons
     return tk_key(__ldg(score + i));
 }
 
+// The keys of indices b0 + 32u + lane (u < 4) below end, 0 past it: both compaction
+// passes read the same four per lane, all loads issued first.
+template <bool CACHE>
+__device__ __forceinline__ void tk_load4(const float *score, const uint32_t *cache, int64_t b0, int64_t end, int lane,
+                                         uint32_t kk[4]) {
+#pragma unroll
+    for (int u = 0; u < 4; u++) {
+        const int64_t i = b0 + u * 32 + lane;
+        kk[u] = i < end ? tk_get<CACHE>(score, cache, (int)i) : 0u;
+    }
+}
+
 // score [n] (backend memory), idx [k] (backend memory), 1 <= k <= n.
 template <bool CACHE>
 __global__ void __launch_bounds__(kTkThreads, 1) k_topk(const float *__restrict__ score, int n, int k,
@@ -185,11 +197,7 @@ __global__ void __launch_bounds__(kTkThreads, 1) k_topk(const float *__restrict_
     uint32_t cg = 0, ce = 0;
     for (int64_t b0 = beg; b0 < end; b0 += 128) {
         uint32_t kk[4];
-#pragma unroll
-        for (int u = 0; u < 4; u++) {
-            const int64_t i = b0 + u * 32 + lane;
-            kk[u] = i < end ? tk_get<CACHE>(score, cache, (int)i) : 0u;
-        }
+        tk_load4<CACHE>(score, cache, b0, end, lane, kk);
 #pragma unroll
         for (int u = 0; u < 4; u++) {
             const int64_t i = b0 + u * 32 + lane;
@@ -219,11 +227,7 @@ __global__ void __launch_bounds__(kTkThreads, 1) k_topk(const float *__restrict_
     uint32_t pos = gw + (seen < need ? seen : need);
     for (int64_t b0 = beg; b0 < end; b0 += 128) {
         uint32_t kk[4];
-#pragma unroll
-        for (int u = 0; u < 4; u++) {
-            const int64_t i = b0 + u * 32 + lane;
-            kk[u] = i < end ? tk_get<CACHE>(score, cache, (int)i) : 0u;
-        }
+        tk_load4<CACHE>(score, cache, b0, end, lane, kk);
 #pragma unroll
         for (int u = 0; u < 4; u++) {
             const int64_t i = b0 + u * 32 + lane;

@@ -89,14 +89,8 @@ struct HcArgs {
     double eps;
 };
 
-__device__ __forceinline__ float warp_sum(float v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-__device__ __forceinline__ double warp_sum_d(double v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
+using ds4cu::warp_sum;
+using ds4cu::warp_sum_d;
 // Named barriers, non-.aligned forms (safe where a warp may not have reconverged; the
 // count is in threads). Barrier 1: the kXWarps x warps only (the Sinkhorn warp never
 // joins it).

@@ -56,51 +56,12 @@ struct QkvArgs {
     float c[kMaxHalf], s[kMaxHalf]; // cos / sin of (float)pos * inv_freq[j] (host, as cu_rope)
 };
 
-// ---- device helpers: the same definitions as cuda_backend.cu (bit-identical results)
-__device__ __forceinline__ double warp_sum_d(double v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-__device__ __forceinline__ float warp_max(float v) {
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-    return v;
-}
-__device__ float d_fp8_round(float v) {
-    float a = fabsf(v);
-    if (isnan(v)) return v;
-    if (a >= 448.0f) return copysignf(448.0f, v);
-    float step;
-    if (a < 0x1p-6f) {
-        step = 0x1p-9f;
-    } else {
-        int e;
-        frexpf(a, &e);
-        step = ldexpf(1.0f, e - 1 - 3);
-    }
-    float q = rintf(a / step) * step;
-    if (q > 448.0f) q = 448.0f;
-    return copysignf(q, v);
-}
-__device__ float d_fp4_round(float v) {
-    const float grid[8] = {0, 0.5f, 1, 1.5f, 2, 3, 4, 6};
-    float a = fabsf(v);
-    if (isnan(v)) return v;
-    int best = 0;
-    float bd = INFINITY;
-    for (int i = 0; i < 8; i++) {
-        float dd = fabsf(a - grid[i]);
-        if (dd < bd || (dd == bd && (i % 2) == 0 && (best % 2) != 0)) {
-            bd = dd;
-            best = i;
-        }
-    }
-    return copysignf(grid[best], v);
-}
-__device__ float d_pow2_ceil(float r) {
-    int e;
-    float m = frexpf(r, &e);
-    return m == 0.5f ? ldexpf(1.0f, e - 1) : ldexpf(1.0f, e);
-}
+// ---- device helpers: the shared definitions of common.cuh (bit-identical to cuda_backend.cu's ops)
+using ds4cu::d_fp4_round;
+using ds4cu::d_fp8_round;
+using ds4cu::d_pow2_ceil;
+using ds4cu::warp_max;
+using ds4cu::warp_sum_d;
 __device__ __forceinline__ float rf16(float x) { return __half2float(__float2half_rn(x)); }
 
 // block_sum_d of a block of nw*32 threads, run by a larger block: warps >= nw hold 0 and
@@ -134,7 +95,7 @@ __device__ void rms_row(const float *x, const float *w, int n, bool v4, int th, 
             const int i = tid + k * th;
             if (act && i < n4) {
                 v[k] = x4[i];
-                if (w) wv[k] = w4[i];
+                wv[k] = w ? w4[i] : make_float4(0.f, 0.f, 0.f, 0.f);
             }
         }
 #pragma unroll
@@ -152,20 +113,7 @@ __device__ void rms_row(const float *x, const float *w, int n, bool v4, int th, 
 #pragma unroll
         for (int k = 0; k < 4; k++) {
             const int i = tid + k * th;
-            if (act && i < n4) {
-                float4 o;
-                o.x = __fmul_rn(v[k].x, scale);
-                o.y = __fmul_rn(v[k].y, scale);
-                o.z = __fmul_rn(v[k].z, scale);
-                o.w = __fmul_rn(v[k].w, scale);
-                if (w) {
-                    o.x = __fmul_rn(o.x, wv[k].x);
-                    o.y = __fmul_rn(o.y, wv[k].y);
-                    o.z = __fmul_rn(o.z, wv[k].z);
-                    o.w = __fmul_rn(o.w, wv[k].w);
-                }
-                s4[i] = o;
-            }
+            if (act && i < n4) s4[i] = ds4cu::rms_scale4(v[k], scale, w != nullptr, wv[k]);
         }
     } else {
         // the row is kept in sm between the two passes (k_rmsnorm reads x twice; same
