@@ -352,7 +352,7 @@ static void attention_layer(ds4_session *s, int il, int n, bool post_first) {
     }
     /* grouped output projection (§7.9) */
     const int64_t G = hp->n_out_group, ol = hp->o_lora_rank, gin = qd / G;
-    if (be->matmul_groups && n <= 4)
+    if (be->matmul_groups)
         be->matmul_groups(be, &L->o_a, (int)G, (uint64_t)ol, sc->ao, gin, qd, sc->oa, G * ol, n);
     else
         for (int64_t g = 0; g < G; g++)

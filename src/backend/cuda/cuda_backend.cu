@@ -92,7 +92,8 @@ struct cu_impl {
     size_t scr_cap[ds4cu::SCR_COUNT];
     unsigned *d_counters;
     int prof;               // 0 off, 1 synchronised per op, 2 device events (see Prof)
-    bool prof_decode;       // the current chunk has one token (set by get_rows)
+    bool prof_decode;       // the current chunk is profiled (set by get_rows)
+    bool prof_all;          // DS4_CUDA_PROFILE_ALL=1: prefill chunks too
     int prof_depth;
     cudaEvent_t ev[kProfEv + 1], ev_end[kProfEv]; // ev_end: mode 3 only
     int ev_lab[kProfEv], ev_n;
@@ -1165,6 +1166,28 @@ void cu_matmul_groups(ds4_backend *be, const ds4_tensor *W, int G, uint64_t n_ro
     q.n_mats = G;
     const ds4_cuda_act_mode mode = be->numerics == DS4_NUM_PROD ? DS4_CUDA_ACT_QUANT : DS4_CUDA_ACT_F32;
     char err[256];
+    // Tokens whose group slices and outputs are packed ([t][G][gs] in, [t][G][n_rows] out,
+    // forward.c's layout): tb tokens per launch, selection t·G + g = matrix g with the
+    // slice at x + (t·G + g)·gs, output at y + (t·G + g)·n_rows: one launch per tb tokens
+    // instead of one per token, the same per-output code (cuda_matvec.h).
+    if (n_tok > 1 && xs == (int64_t)G * gs && ys == (int64_t)G * (int64_t)n_rows && G <= 32) {
+        const int tb_max = 64 / G;
+        int32_t gid[64];
+        for (int i = 0; i < tb_max * G; i++) gid[i] = i % G;
+        const int32_t *dgid = (const int32_t *)stage(im, gid, (size_t)tb_max * G * sizeof(int32_t));
+        int t = 0;
+        for (; t < n_tok; t += tb_max) {
+            const int tb = n_tok - t < tb_max ? n_tok - t : tb_max;
+            const int rc = ds4_cuda_matvec_ids(&q, dgid, tb * G, x + (int64_t)t * xs, gs, y + (int64_t)t * ys, mode, im->st,
+                                               err, sizeof err);
+            if (rc == DS4_ERR_UNSUPPORTED) break;  // the per-token path below takes the rest
+            mv_check(rc, err);
+        }
+        if (t >= n_tok) return;
+        x += (int64_t)t * xs;
+        y += (int64_t)t * ys;
+        n_tok -= t;
+    }
     for (int t = 0; t < n_tok; t++) {  // group g = matrix g of the stack, its own x slice
         int rc = ds4_cuda_matvec_ids(&q, NULL, G, x + (int64_t)t * xs, gs, y + (int64_t)t * ys, mode, im->st, err,
                                      sizeof err);
@@ -1179,7 +1202,8 @@ void cu_matmul_groups(ds4_backend *be, const ds4_tensor *W, int G, uint64_t n_ro
 }
 
 void cu_get_rows(ds4_backend *be, const ds4_tensor *E, const int32_t *ids, int n, float *out) {
-    IMPL(be)->prof_decode = n == 1; // profile single-token (decode) chunks only
+    // profile single-token (decode) chunks only, or every chunk with DS4_CUDA_PROFILE_ALL=1
+    IMPL(be)->prof_decode = n == 1 || IMPL(be)->prof_all;
     PROF(GET_ROWS);
     cu_impl *im = IMPL(be);
     const int64_t d = (int64_t)E->ne[0];
@@ -1646,6 +1670,8 @@ extern "C" int ds4_backend_cuda_create(ds4_backend **out, const ds4_model *m, ds
         im->preq = pq && *pq == '1';
         const char *pf = getenv("DS4_CUDA_PROFILE");
         im->prof = pf && *pf >= '1' && *pf <= '3' ? *pf - '0' : 0;
+        const char *pa = getenv("DS4_CUDA_PROFILE_ALL");
+        im->prof_all = pa && *pa == '1';
         if (im->prof >= 2)
             for (int i = 0; i <= kProfEv; i++) {
                 TRY_GO(cudaEventCreate(&im->ev[i]));
