@@ -1080,7 +1080,7 @@ void cu_moe_routed(ds4_backend *be, const float *lg, const float *bias, const in
         DS4_ASSERT(su.n == ffs && sd.k == ffs && sd.n == d && sg.k == d && su.k == d);
         const int ts_max = n < 64 ? n : 64;
         sh = (float *)ds4cu::scratch(be, ds4cu::SCR_MOE, (size_t)n * d * sizeof(float));
-        float *gs = (float *)ds4cu::scratch(be, ds4cu::SCR_SPARE1, 2 * (size_t)ts_max * ffs * sizeof(float));
+        float *gs = (float *)ds4cu::scratch(be, ds4cu::SCR_MOE_SHARED, 2 * (size_t)ts_max * ffs * sizeof(float));
         float *us = gs + (size_t)ts_max * ffs;
         for (int t0 = 0; t0 < n; t0 += 64) {
             const int ts = n - t0 < 64 ? n - t0 : 64;
@@ -1112,7 +1112,7 @@ void cu_moe_routed(ds4_backend *be, const float *lg, const float *bias, const in
     // its prologue in production), and one accumulation for the group.
     const int tb_max = 64 / k;
     const int tbg = n < tb_max ? n : tb_max;
-    float *gb = (float *)ds4cu::scratch(be, ds4cu::SCR_SPARE2,
+    float *gb = (float *)ds4cu::scratch(be, ds4cu::SCR_MOE_GROUP,
                                         ((size_t)2 * tbg * k * ff + (size_t)2 * tbg * k * d) * sizeof(float));
     float *ub = gb + (size_t)tbg * k * ff, *xb = ub + (size_t)tbg * k * ff, *db = xb + (size_t)tbg * k * d;
     for (int t0 = 0; t0 < n; t0 += tb_max) {

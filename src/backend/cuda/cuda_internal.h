@@ -28,7 +28,10 @@ void *stage(ds4_backend *be, const void *host, size_t bytes);
 // Device scratch owned by the backend, one buffer per slot, grown (with a stream
 // synchronisation) when a call needs more than it holds; contents are not kept across
 // growth. Slots are fixed per purpose (below) so ops never share a buffer by accident.
-enum ScratchSlot { SCR_HC = 0, SCR_TOPK, SCR_ATT, SCR_QKV, SCR_MV, SCR_MOE, SCR_SPARE1, SCR_SPARE2, SCR_COUNT };
+// SCR_HC: hc_site partials; SCR_ATT: attention_ex partials; SCR_MOE: the shared expert's
+// outputs of a chunk; SCR_MOE_SHARED: its gate/up rows; SCR_MOE_GROUP: a token group's
+// routed gate/up/input copies/down rows.
+enum ScratchSlot { SCR_HC = 0, SCR_ATT, SCR_MOE, SCR_MOE_SHARED, SCR_MOE_GROUP, SCR_COUNT };
 void *scratch(ds4_backend *be, int slot, size_t bytes);
 // kCounters unsigned ints of device memory, zero at creation. A kernel that uses one
 // (e.g. a last-block-done counter) must leave it at zero when it finishes. Ranges are
