@@ -11,6 +11,7 @@
 
 #include "ds4.h"
 #include "core/common.h"
+#include "engine/session_fill.h"
 #include "model/ggml_type.h"
 #include "test.h"
 #include "test_engine_model.h"
@@ -398,6 +399,51 @@ DS4_TEST(engine_session_args_and_memory_estimate) {
     tok[3] = -1;
     CHECK(ds4_session_sync(s, tok, 5, NULL, NULL, err, sizeof err) < 0);
     CHECK(ds4_session_logits(s) == NULL);
+    ds4_session_free(s);
+    ds4_engine_close(e);
+}
+
+/* ds4_session_fill_synthetic (benchmarks: a long context without its prefill): the state
+ * of n tokens is in place (a sync to n re-evaluates only the last token, a longer one
+ * continues), the filled rows are what the decode reads (another seed, other logits; the
+ * same seed, the same bits), and bad arguments are refused. */
+DS4_TEST(engine_fill_synthetic_then_decode) {
+    tm_opts o;
+    tm_default(&o);
+    ds4_engine *e = open_tm(&o, "fill", false, 2);
+    REQUIRE(e != NULL);
+    ds4_session_options so;
+    ds4_session_options_default(&so);
+    so.ctx = 200;
+    so.rewind_window = 16;
+    char err[256];
+    ds4_session *s = NULL;
+    REQUIRE(ds4_session_create(&s, e, &so, err, sizeof err) == 0);
+    int32_t a[200];
+    seq(a, 200, 9);
+    float *first = malloc(sizeof(float) * TM_VOCAB);
+    REQUIRE(first != NULL);
+    for (int rep = 0; rep < 3; rep++) {
+        const uint64_t seed = rep == 2 ? 8 : 7;  /* reps 0 and 1: same seed */
+        REQUIRE(ds4_session_fill_synthetic(s, a, 150, seed, err, sizeof err) == 0, "%s", err);
+        CHECK_EQ_INT(ds4_session_n_tokens(s), 150);
+        REQUIRE(ds4_session_sync(s, a, 150, NULL, NULL, err, sizeof err) == 0, "%s", err);
+        CHECK_EQ_INT(ds4_session_last_evaluated(s), 1);
+        REQUIRE(ds4_session_sync(s, a, 160, NULL, NULL, err, sizeof err) == 0, "%s", err);
+        CHECK_EQ_INT(ds4_session_last_evaluated(s), 10);
+        const float *lg = ds4_session_logits(s);
+        int finite = 1;
+        for (int i = 0; i < TM_VOCAB; i++) finite &= isfinite(lg[i]) != 0;
+        CHECK(finite, "nonfinite logits after a fill");
+        if (rep == 0) memcpy(first, lg, sizeof(float) * TM_VOCAB);
+        if (rep == 1) CHECK(max_diff(first, lg, TM_VOCAB) == 0, "same seed, different logits");
+        if (rep == 2) CHECK(max_diff(first, lg, TM_VOCAB) > 0, "another seed, same logits: the rows are not read");
+    }
+    int32_t bad[4] = {1, 2, TM_VOCAB, 3};
+    CHECK(ds4_session_fill_synthetic(s, bad, 4, 1, err, sizeof err) == DS4_ERR_ARG);
+    CHECK(ds4_session_fill_synthetic(s, a, 0, 1, err, sizeof err) == DS4_ERR_ARG);
+    CHECK(ds4_session_fill_synthetic(s, a, 201, 1, err, sizeof err) == DS4_ERR_ARG);
+    free(first);
     ds4_session_free(s);
     ds4_engine_close(e);
 }
