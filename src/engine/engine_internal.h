@@ -106,6 +106,11 @@ struct ds4_session {
  * position's logits are copied to s->last_logits. Returns 0 or a negative status. */
 int ds4_forward_chunk(ds4_session *s, const int32_t *tokens, int n, bool all_logits, ds4_logits_cb cb, void *user);
 
+/* session.c: 0, or DS4_ERR_ARG with a message naming `what` when n is outside 1..ctx or a
+ * token is outside the vocabulary. */
+int ds4_session_check_tokens(const ds4_session *s, const int32_t *tokens, int n, const char *what, char *err,
+                             size_t errlen);
+
 /* engine.c: inverse frequencies (HF semantics, MODEL.md §4.2) for n_rot dims. */
 void ds4_rope_inv_freq(float *out, int n_rot, double base, bool yarn, double factor, double beta_fast,
                        double beta_slow, double orig_ctx);

@@ -204,16 +204,23 @@ int ds4_session_create(ds4_session **out, ds4_engine *e, const ds4_session_optio
     return 0;
 }
 
-int ds4_session_sync(ds4_session *s, const int32_t *tokens, int n, ds4_logits_cb cb, void *user, char *err,
-                     size_t errlen) {
+int ds4_session_check_tokens(const ds4_session *s, const int32_t *tokens, int n, const char *what, char *err,
+                             size_t errlen) {
     const ds4_hparams *hp = &s->e->model->hp;
-    s->last_evaluated = 0;
     if (n <= 0 || n > s->ctx)
-        return ds4_err(err, errlen, DS4_ERR_ARG, "sync: %d tokens, the session holds 1..%d", n, s->ctx);
+        return ds4_err(err, errlen, DS4_ERR_ARG, "%s: %d tokens, the session holds 1..%d", what, n, s->ctx);
     for (int i = 0; i < n; i++)
         if (tokens[i] < 0 || (uint32_t)tokens[i] >= hp->n_vocab)
-            return ds4_err(err, errlen, DS4_ERR_ARG, "sync: token %d at position %d is outside the vocabulary (0..%u)",
-                           tokens[i], i, hp->n_vocab - 1);
+            return ds4_err(err, errlen, DS4_ERR_ARG, "%s: token %d at position %d is outside the vocabulary (0..%u)",
+                           what, tokens[i], i, hp->n_vocab - 1);
+    return 0;
+}
+
+int ds4_session_sync(ds4_session *s, const int32_t *tokens, int n, ds4_logits_cb cb, void *user, char *err,
+                     size_t errlen) {
+    s->last_evaluated = 0;
+    int rc0 = ds4_session_check_tokens(s, tokens, n, "sync", err, errlen);
+    if (rc0 < 0) return rc0;
     int cp = 0;
     while (cp < n && cp < s->n_tokens && s->tokens[cp] == tokens[cp]) cp++;
     if (cp == n && n == s->n_tokens && s->have_logits && !cb) return 0;

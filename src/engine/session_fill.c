@@ -37,12 +37,8 @@ int ds4_session_fill_synthetic(ds4_session *s, const int32_t *tokens, int n, uin
     ds4_engine *e = s->e;
     ds4_backend *be = e->be;
     const ds4_hparams *hp = &e->model->hp;
-    if (n <= 0 || n > s->ctx)
-        return ds4_err(err, errlen, DS4_ERR_ARG, "fill: %d tokens, the session holds 1..%d", n, s->ctx);
-    for (int i = 0; i < n; i++)
-        if (tokens[i] < 0 || (uint32_t)tokens[i] >= hp->n_vocab)
-            return ds4_err(err, errlen, DS4_ERR_ARG, "fill: token %d at position %d is outside the vocabulary (0..%u)",
-                           tokens[i], i, hp->n_vocab - 1);
+    int rc = ds4_session_check_tokens(s, tokens, n, "fill", err, errlen);
+    if (rc < 0) return rc;
     const size_t cap = (size_t)1 << 20; /* 4 MiB of host staging */
     float *host = malloc(cap * sizeof(float));
     if (!host) return ds4_err(err, errlen, DS4_ERR_NOMEM, "fill: out of memory");
