@@ -119,6 +119,8 @@ cuda:
 CUDA_REF_OBJ = $(call obj,src/core/common.c src/model/ggml_type.c $(wildcard src/model/quant*.c) src/model/iq2_tables.c)
 $(B)/cuda-test-matvec: $(B)/tests/cuda/test_matvec.cu.o $(B)/src/backend/cuda/matvec.cu.o $(CUDA_REF_OBJ)
 	$(NVCC) -arch=$(CUDA_ARCH) -o $@ $^ -lm -lpthread
+$(B)/cuda-test-mmq: $(B)/tests/cuda/test_mmq.cu.o $(B)/src/backend/cuda/mmq.cu.o $(B)/src/backend/cuda/matvec.cu.o $(CUDA_REF_OBJ)
+	$(NVCC) -arch=$(CUDA_ARCH) -o $@ $^ -lm -lpthread
 $(B)/cuda-matvec-bench: $(B)/bench/cuda_matvec_bench.cu.o $(B)/src/backend/cuda/matvec.cu.o $(CUDA_REF_OBJ)
 	$(NVCC) -arch=$(CUDA_ARCH) -o $@ $^ -lm -lpthread
 # Backend op tests (CUDA vs CPU backend, tests/cuda/test_ops.cu): links libds4.
@@ -126,7 +128,7 @@ $(B)/cuda-matvec-bench: $(B)/bench/cuda_matvec_bench.cu.o $(B)/src/backend/cuda/
 CUDA_OPS_TESTS = $(patsubst %.cu,$(B)/%.cu.o,$(sort $(wildcard tests/cuda/ops_*.cu)))
 $(B)/cuda-test-ops: $(B)/tests/cuda/test_ops.cu.o $(CUDA_OPS_TESTS) $(B)/libds4.a
 	$(NVCC) -arch=$(CUDA_ARCH) -o $@ $^ -lm -lpthread
-cuda-progs: $(B)/cuda-test-matvec $(B)/cuda-matvec-bench $(B)/cuda-test-ops
+cuda-progs: $(B)/cuda-test-matvec $(B)/cuda-test-mmq $(B)/cuda-matvec-bench $(B)/cuda-test-ops
 cuda-test:
 	$(MAKE) B=build-cuda WITH_CUDA=1 build-cuda/cuda-test-matvec
 	./build-cuda/cuda-test-matvec

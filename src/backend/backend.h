@@ -239,6 +239,58 @@ struct ds4_backend {
     void (*attention_ex)(ds4_backend *be, const float *q, int n_head, int64_t hd, const float *rows_a,
                          const int32_t *ia, int na, const float *rows_b, const int32_t *ib, int nb, bool ib_dev,
                          const float *sinks, float scale, int n_rot, int64_t pos, const float *inv_freq, float *out);
+
+    /* ---- optional batched ops for prefill chunks (NULL: forward.c runs the per-token
+     * chain above). forward.c uses them for chunks of n >= 2 tokens, in sub-batches no
+     * larger than the session's rewind window allows (every ring slot a sub-batch writes
+     * is distinct from every slot it reads). Unlike the decode ops above, a token's values
+     * may differ from the per-token chain's by rounding (summation order), never by more:
+     * each op's test states its bound against that chain. Positions are pos0 + t for
+     * t < n_tok; inv_freq is host memory as for rope. ------------------------------------ */
+
+    /* qkv_rope_n: qkv_rope for each token t (q + t·qs, kv + t·kvs; iq + t·iqs when iq is not
+     * NULL, for every token) with the raw-cache row written to raw + ((pos0+t) % raw_cap)·hd
+     * and ring stores j < n_put: entry (pos0+t) % put_cap[j] of width 2·put_cw[j] in
+     * put_dst[j] receives put_src[j] + t·put_ss[j] (first put_cw[j] values copied, next
+     * put_cw[j] plus put_ape[j] + ((pos0+t) % put_R[j])·put_cw[j]). Values bit-identical to
+     * qkv_rope's (same per-token math). n_put <= 2. */
+    void (*qkv_rope_n)(ds4_backend *be, float *q, int64_t qs, int n_head, float *kv, int64_t kvs,
+                       const float *kv_norm, int64_t hd, int n_rot, int64_t pos0, int n_tok, const float *inv_freq,
+                       bool prod, double eps, float *raw, int raw_cap, float *iq, int64_t iqs, int iq_heads,
+                       int64_t ihd, int n_put, float *const *put_dst, const int *put_cap, const float *const *put_src,
+                       const int64_t *put_ss, const float *const *put_ape, const int *put_R, const int64_t *put_cw);
+
+    /* compress_rows: the pooling half of forward.c's compressor_step for every window w in
+     * [w0, w1) (window w closes at position (w+1)·R − 1): with entry(p) = ring +
+     * (p % cap)·2·coff·hd, rows[w·hd ..] = compress_pool(entry(w·R), coff == 2 && w > 0 ?
+     * entry((w−1)·R) : NULL, 2·coff·hd, R, coff, hd), then rmsnorm · norm (eps), rope
+     * (n_rot, position w·R, inv_freq), and when prod: indexer ? hadamard_fp4_sim (width hd)
+     * : fp8_sim of [0, hd − n_rot), then round_f16 — bit-identical to that sequence, so it
+     * is also used for single tokens. */
+    void (*compress_rows)(ds4_backend *be, const float *ring, int cap, int R, int coff, int64_t hd,
+                          const float *norm, double eps, int n_rot, const float *inv_freq, bool prod, bool indexer,
+                          int64_t w0, int64_t w1, float *rows);
+
+    /* indexer_topk: for each token t with n_vis = (pos0 + t + 1) / R > k:
+     * score_c = indexer_scores(q + t·qs, w + t·ws, scale, n_head, hd, keys, n_vis)_c and
+     * idx[t·k .. t·k + k) = topk_dev(score, n_vis, k) (ascending index order). Rows of
+     * tokens with n_vis <= k are left untouched. idx is backend memory. Scores may be
+     * summed in another order than indexer_scores' (so a near-tie may select
+     * differently). */
+    void (*indexer_topk)(ds4_backend *be, const float *q, int64_t qs, const float *w, int64_t ws, float scale,
+                         int n_head, int64_t hd, const float *keys, int R, int64_t pos0, int n_tok, int k,
+                         int32_t *idx);
+
+    /* attention_n: attention_ex for each token t at p = pos0 + t: query q + t·qs (n_head
+     * rows of hd), output out + t·os; rows_a = the raw cache, rows (p − j) % raw_cap for
+     * the positions max(0, p − n_win + 1) .. p in ascending order; rows_b = comp rows:
+     * when R > 0 with n_vis = (p + 1) / R: idx + t·k_top (k_top rows, backend memory) if
+     * idx is not NULL and n_vis > k_top, else rows 0 .. n_vis − 1 (R == 0: none). Sinks,
+     * scale and the inverse rope at p as attention_ex. */
+    void (*attention_n)(ds4_backend *be, const float *q, int64_t qs, int n_head, int64_t hd, const float *raw,
+                        int raw_cap, int n_win, const float *comp, int R, const int32_t *idx, int k_top,
+                        const float *sinks, float scale, int n_rot, int64_t pos0, int n_tok, const float *inv_freq,
+                        float *out, int64_t os);
 };
 
 /* Creates the CPU backend with n_threads workers (0 = all cores). */

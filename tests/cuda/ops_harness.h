@@ -108,5 +108,10 @@ void ops_fused_hc(ds4_backend *C, ds4_backend *G, const char *mode);
 void ops_fused_qkv(ds4_backend *C, ds4_backend *G, const char *mode);
 void ops_fused_attn(ds4_backend *C, ds4_backend *G, const char *mode);
 void ops_fused_mm(ds4_backend *C, ds4_backend *G, const char *mode);
+// batched prefill ops (backend.h "optional batched ops"): one file each
+void ops_batch_qkv(ds4_backend *C, ds4_backend *G, const char *mode);      // ops_qkvn.cu: qkv_rope_n, compress_rows
+void ops_batch_indexer(ds4_backend *C, ds4_backend *G, const char *mode);  // ops_idxn.cu: indexer_topk
+void ops_batch_attn(ds4_backend *C, ds4_backend *G, const char *mode);     // ops_attnn.cu: attention_n
+void ops_batch_moe(ds4_backend *C, ds4_backend *G, const char *mode);      // ops_moen.cu: large-chunk matmuls, moe_routed
 
 #endif

@@ -257,6 +257,10 @@ static void run(ds4_backend *C, ds4_backend *G, const char *mode) {
     ops_fused_qkv(C, G, mode);
     ops_fused_attn(C, G, mode);
     ops_fused_mm(C, G, mode);
+    ops_batch_qkv(C, G, mode);
+    ops_batch_indexer(C, G, mode);
+    ops_batch_attn(C, G, mode);
+    ops_batch_moe(C, G, mode);
 }
 
 // --cpu-self: both sides on the CPU backend (checks the harness itself without a GPU:

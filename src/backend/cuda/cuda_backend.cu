@@ -167,8 +167,8 @@ void *stage(cu_impl *im, const void *host, size_t bytes) {
     return d;
 }
 
-enum ProfOp { P_HC_POST_SITE, P_HC_SITE, P_QKV_ROPE, P_TOPK_DEV, P_ATTENTION_EX, P_MATMUL_MULTI, P_MATMUL, P_MOE_ROUTED, P_GET_ROWS, P_RMSNORM, P_ROPE, P_AXPY, P_SWIGLU, P_HC_PRE, P_HC_POST, P_HC_HEAD, P_COMPRESS_POOL, P_ATTENTION, P_INDEXER_SCORES, P_TOPK, P_FP8_SIM, P_HADAMARD_FP4_SIM, P_ROUND_F16, P_COPY, P_ZERO, P_READ, P_WRITE, P_COUNT };
-const char *const kProfName[] = {"hc_post_site", "hc_site", "qkv_rope", "topk_dev", "attention_ex", "matmul_multi", "matmul", "moe_routed", "get_rows", "rmsnorm", "rope", "axpy", "swiglu", "hc_pre", "hc_post", "hc_head", "compress_pool", "attention", "indexer_scores", "topk", "fp8_sim", "hadamard_fp4_sim", "round_f16", "copy", "zero", "read", "write"};
+enum ProfOp { P_QKV_ROPE_N, P_COMPRESS_ROWS, P_INDEXER_TOPK, P_ATTENTION_N, P_HC_POST_SITE, P_HC_SITE, P_QKV_ROPE, P_TOPK_DEV, P_ATTENTION_EX, P_MATMUL_MULTI, P_MATMUL, P_MOE_ROUTED, P_GET_ROWS, P_RMSNORM, P_ROPE, P_AXPY, P_SWIGLU, P_HC_PRE, P_HC_POST, P_HC_HEAD, P_COMPRESS_POOL, P_ATTENTION, P_INDEXER_SCORES, P_TOPK, P_FP8_SIM, P_HADAMARD_FP4_SIM, P_ROUND_F16, P_COPY, P_ZERO, P_READ, P_WRITE, P_COUNT };
+const char *const kProfName[] = {"qkv_rope_n", "compress_rows", "indexer_topk", "attention_n", "hc_post_site", "hc_site", "qkv_rope", "topk_dev", "attention_ex", "matmul_multi", "matmul", "moe_routed", "get_rows", "rmsnorm", "rope", "axpy", "swiglu", "hc_pre", "hc_post", "hc_head", "compress_pool", "attention", "indexer_scores", "topk", "fp8_sim", "hadamard_fp4_sim", "round_f16", "copy", "zero", "read", "write"};
 
 double now_s();
 int prof_label(cu_impl *im, const char *name);
@@ -1517,6 +1517,35 @@ void cu_matmul_multi(ds4_backend *be, int n, const ds4_tensor *const *W, float *
     ds4cu_matmul_multi(be, n, W, y, ys, x, xs, n_tok);
 }
 
+// ---- batched prefill ops (backend.h; kernels in fused_qkv.cu, compress.cu, indexer_n.cu, attn_n.cu)
+void cu_qkv_rope_n(ds4_backend *be, float *q, int64_t qs, int n_head, float *kv, int64_t kvs, const float *kv_norm,
+                   int64_t hd, int n_rot, int64_t pos0, int n_tok, const float *inv_freq, bool prod, double eps, float *raw,
+                   int raw_cap, float *iq, int64_t iqs, int iq_heads, int64_t ihd, int n_put, float *const *put_dst,
+                   const int *put_cap, const float *const *put_src, const int64_t *put_ss, const float *const *put_ape,
+                   const int *put_R, const int64_t *put_cw) {
+    PROF(QKV_ROPE_N);
+    ds4cu_qkv_rope_n(be, q, qs, n_head, kv, kvs, kv_norm, hd, n_rot, pos0, n_tok, inv_freq, prod, eps, raw, raw_cap, iq,
+                     iqs, iq_heads, ihd, n_put, put_dst, put_cap, put_src, put_ss, put_ape, put_R, put_cw);
+}
+void cu_compress_rows(ds4_backend *be, const float *ring, int cap, int R, int coff, int64_t hd, const float *norm,
+                      double eps, int n_rot, const float *inv_freq, bool prod, bool indexer, int64_t w0, int64_t w1,
+                      float *rows) {
+    PROF(COMPRESS_ROWS);
+    ds4cu_compress_rows(be, ring, cap, R, coff, hd, norm, eps, n_rot, inv_freq, prod, indexer, w0, w1, rows);
+}
+void cu_indexer_topk(ds4_backend *be, const float *q, int64_t qs, const float *w, int64_t ws, float scale, int n_head,
+                     int64_t hd, const float *keys, int R, int64_t pos0, int n_tok, int k, int32_t *idx) {
+    PROF(INDEXER_TOPK);
+    ds4cu_indexer_topk(be, q, qs, w, ws, scale, n_head, hd, keys, R, pos0, n_tok, k, idx);
+}
+void cu_attention_n(ds4_backend *be, const float *q, int64_t qs, int n_head, int64_t hd, const float *raw, int raw_cap,
+                    int n_win, const float *comp, int R, const int32_t *idx, int k_top, const float *sinks, float scale,
+                    int n_rot, int64_t pos0, int n_tok, const float *inv_freq, float *out, int64_t os) {
+    PROF(ATTENTION_N);
+    ds4cu_attention_n(be, q, qs, n_head, hd, raw, raw_cap, n_win, comp, R, idx, k_top, sinks, scale, n_rot, pos0, n_tok,
+                      inv_freq, out, os);
+}
+
 }  // namespace
 
 namespace ds4cu {
@@ -1662,6 +1691,11 @@ extern "C" int ds4_backend_cuda_create(ds4_backend **out, const ds4_model *m, ds
         be->topk_dev = off("topk") ? NULL : cu_topk_dev;
         be->attention_ex = off("attn") ? NULL : cu_attention_ex;
         be->matmul_multi = off("mm") ? NULL : cu_matmul_multi;
+        // batched prefill ops (diagnostics: "batch" turns all four off)
+        be->qkv_rope_n = off("batch") || off("qkvn") ? NULL : cu_qkv_rope_n;
+        be->compress_rows = off("batch") || off("crows") ? NULL : cu_compress_rows;
+        be->indexer_topk = off("batch") || off("idxn") ? NULL : cu_indexer_topk;
+        be->attention_n = off("batch") || off("attnn") ? NULL : cu_attention_n;
     }
     be->moe_routed = getenv("DS4_CUDA_NO_FUSED_MOE") ? NULL : cu_moe_routed;
     be->matmul_groups = getenv("DS4_CUDA_NO_FUSED_MOE") ? NULL : cu_matmul_groups;

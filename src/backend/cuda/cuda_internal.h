@@ -31,7 +31,14 @@ void *stage(ds4_backend *be, const void *host, size_t bytes);
 // SCR_HC: hc_site partials; SCR_ATT: attention_ex partials; SCR_MOE: the shared expert's
 // outputs of a chunk; SCR_MOE_SHARED: its gate/up rows; SCR_MOE_GROUP: a token group's
 // routed gate/up/input copies/down rows.
-enum ScratchSlot { SCR_HC = 0, SCR_ATT, SCR_MOE, SCR_MOE_SHARED, SCR_MOE_GROUP, SCR_COUNT };
+// Batched prefill ops: SCR_ACTQ: quantized activation rows of a chunk (mmq inputs);
+// SCR_MOE_PF: the large-chunk MoE path's routing lists and packed rows; SCR_IDX: indexer
+// scores of a sub-batch; SCR_ATTN_N: attention_n partials; SCR_QKV_N: qkv_rope_n /
+// compress_rows staged tables.
+enum ScratchSlot {
+    SCR_HC = 0, SCR_ATT, SCR_MOE, SCR_MOE_SHARED, SCR_MOE_GROUP,
+    SCR_ACTQ, SCR_MOE_PF, SCR_IDX, SCR_ATTN_N, SCR_QKV_N, SCR_COUNT
+};
 void *scratch(ds4_backend *be, int slot, size_t bytes);
 // kCounters unsigned ints of device memory, zero at creation. A kernel that uses one
 // (e.g. a last-block-done counter) must leave it at zero when it finishes. Ranges are
@@ -73,5 +80,25 @@ void ds4cu_topk_dev(ds4_backend *be, const float *score, int n, int k, int32_t *
 void ds4cu_attention_ex(ds4_backend *be, const float *q, int n_head, int64_t hd, const float *rows_a,
                         const int32_t *ia, int na, const float *rows_b, const int32_t *ib, int nb, bool ib_dev,
                         const float *sinks, float scale, int n_rot, int64_t pos, const float *inv_freq, float *out);
+
+// batched prefill ops (backend.h "optional batched ops")
+// fused_qkv.cu
+void ds4cu_qkv_rope_n(ds4_backend *be, float *q, int64_t qs, int n_head, float *kv, int64_t kvs, const float *kv_norm,
+                      int64_t hd, int n_rot, int64_t pos0, int n_tok, const float *inv_freq, bool prod, double eps,
+                      float *raw, int raw_cap, float *iq, int64_t iqs, int iq_heads, int64_t ihd, int n_put,
+                      float *const *put_dst, const int *put_cap, const float *const *put_src, const int64_t *put_ss,
+                      const float *const *put_ape, const int *put_R, const int64_t *put_cw);
+// compress.cu
+void ds4cu_compress_rows(ds4_backend *be, const float *ring, int cap, int R, int coff, int64_t hd, const float *norm,
+                         double eps, int n_rot, const float *inv_freq, bool prod, bool indexer, int64_t w0, int64_t w1,
+                         float *rows);
+// indexer_n.cu
+void ds4cu_indexer_topk(ds4_backend *be, const float *q, int64_t qs, const float *w, int64_t ws, float scale,
+                        int n_head, int64_t hd, const float *keys, int R, int64_t pos0, int n_tok, int k, int32_t *idx);
+// attn_n.cu
+void ds4cu_attention_n(ds4_backend *be, const float *q, int64_t qs, int n_head, int64_t hd, const float *raw,
+                       int raw_cap, int n_win, const float *comp, int R, const int32_t *idx, int k_top,
+                       const float *sinks, float scale, int n_rot, int64_t pos0, int n_tok, const float *inv_freq,
+                       float *out, int64_t os);
 
 #endif

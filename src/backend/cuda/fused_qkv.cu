@@ -380,3 +380,11 @@ void ds4cu_qkv_rope(ds4_backend *be, float *q, int n_head, float *kv, const floa
     const unsigned grid = (unsigned)(n_head + 1 + A.n_ring_blk + iq_heads);
     DS4CU_CK(ds4cu::launch(k_qkv_rope, dim3(grid), dim3((unsigned)T), smem, ds4cu::stream(be), A));
 }
+
+// PLACEHOLDER (qkv_rope_n): replaced by its owner.
+void ds4cu_qkv_rope_n(ds4_backend *, float *, int64_t, int, float *, int64_t, const float *, int64_t, int, int64_t, int,
+                      const float *, bool, double, float *, int, float *, int64_t, int, int64_t, int, float *const *,
+                      const int *, const float *const *, const int64_t *, const float *const *, const int *,
+                      const int64_t *) {
+    DS4_ASSERT(!"qkv_rope_n: not implemented yet");
+}
