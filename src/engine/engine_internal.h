@@ -73,7 +73,7 @@ typedef struct {
     float *dn;            /* [chunk][d] */
     float *score;         /* [max_comp] indexer scores */
     float *logits;        /* [chunk][n_vocab] */
-    int32_t *comp_idx_dev; /* [idx_topk] selected compressed rows (backend memory, topk_dev) */
+    int32_t *comp_idx_dev; /* [chunk][idx_topk] selected compressed rows (backend memory: topk_dev, indexer_topk) */
     /* host-side */
     int32_t *raw_idx;     /* [n_win] */
     int32_t *comp_idx;    /* [max_comp] */

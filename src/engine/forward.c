@@ -106,6 +106,11 @@ static void compressor_step(ds4_session *s, const float *proj, float *ring, int 
     const float *cur = ring + ((w * R) % cap) * rw;
     const float *prev = coff == 2 && w > 0 ? ring + (((w - 1) * R) % cap) * rw : NULL;
     float *out = rows + w * hd;
+    if (be->compress_rows) { /* the sequence below in one op, bit-identical */
+        be->compress_rows(be, ring, cap, R, coff, hd, norm, hp->rms_eps, (int)hp->n_rot, e->inv_freq_comp, !e->exact,
+                          indexer, w, w + 1, rows);
+        return;
+    }
     be->compress_pool(be, cur, prev, rw, R, coff, hd, out);
     be->rmsnorm(be, out, hd, norm, out, hd, hd, 1, hp->rms_eps);
     be->rope(be, out, hd, 1, hd, (int)hp->n_rot, w * R, e->inv_freq_comp, false);
@@ -219,6 +224,74 @@ static void moe(ds4_session *s, int il, const int32_t *tok, int n) {
     be->axpy(be, sc->y, sc->dn, 1.0f, n * d);
 }
 
+/* The stateful part of attention_layer (qkv/rope, ring stores, compressor windows,
+ * indexer selection, attention) for a chunk with the batched ops (backend.h): one launch
+ * per step per sub-batch instead of per token. A sub-batch writes its positions' raw-cache
+ * and compressor-ring slots before reading any, so it is bounded by the rings' slack over
+ * the window: cap_raw = n_win + W holds the window of its first token and all its rows
+ * when b <= W + 1, and cap_c = round_up(W + 2R, R) holds every entry its closing windows
+ * pool (from (w0 − 1)·R) when b <= W. Returns false (nothing done) when the backend lacks
+ * the ops; the caller then runs the per-token chain. Reads sc->q / kv / cproj / iproj / iq
+ * / iw of the chunk, leaves each token's attention output in sc->ao. */
+static bool attention_batched(ds4_session *s, int il, int n) {
+    ds4_engine *e = s->e;
+    ds4_backend *be = e->be;
+    const ds4_hparams *hp = &e->model->hp;
+    const ds4_layer_weights *L = &e->model->layers[il];
+    const ds4_layer_vecs *v = &e->lv[il];
+    ds4_layer_state *ls = &s->ls[il];
+    ds4_scratch *sc = &s->s;
+    const bool csa = L->kind == DS4_ATTN_CSA;
+    if (!be->qkv_rope_n || !be->compress_rows || !be->attention_n || (csa && !be->indexer_topk)) return false;
+    const int64_t hd = hp->head_dim, nh = hp->n_head, qd = nh * hd, ihd = hp->idx_head_dim, inh = hp->idx_n_head;
+    const int n_rot = (int)hp->n_rot, R = (int)L->ratio, topk = (int)hp->idx_topk;
+    const int64_t cw = (int64_t)L->coff * hd;
+    const float *inv = R ? e->inv_freq_comp : e->inv_freq_main;
+    const float idx_scale = (float)(1.0 / sqrt((double)ihd) * (1.0 / sqrt((double)inh)));
+    const float att_scale = (float)(1.0 / sqrt((double)hd));
+    const int bmax = s->W > 0 ? (int)s->W : 1;
+    const int64_t p0 = s->n_tokens;
+    for (int t0 = 0; t0 < n; t0 += bmax) {
+        const int b = n - t0 < bmax ? n - t0 : bmax;
+        const int64_t pb = p0 + t0;
+        float *pd[2];
+        const float *ps[2], *pa[2];
+        int pcap[2], pR[2];
+        int64_t pss[2], pc[2];
+        int np = 0;
+        if (R) {
+            pd[np] = ls->cfr, pcap[np] = ls->cap_c, ps[np] = sc->cproj + t0 * 2 * cw, pss[np] = 2 * cw;
+            pa[np] = v->c_ape, pR[np] = R, pc[np] = cw, np++;
+        }
+        if (csa) {
+            pd[np] = ls->ifr, pcap[np] = ls->cap_c, ps[np] = sc->iproj + t0 * 4 * ihd, pss[np] = 4 * ihd;
+            pa[np] = v->i_ape, pR[np] = R, pc[np] = 2 * ihd, np++;
+        }
+        be->qkv_rope_n(be, sc->q + t0 * qd, qd, (int)nh, sc->kv + t0 * hd, hd, v->kv_norm, hd, n_rot, pb, b, inv,
+                       !e->exact, hp->rms_eps, ls->raw, s->cap_raw, csa ? sc->iq + t0 * inh * ihd : NULL, inh * ihd,
+                       (int)inh, ihd, np, pd, pcap, ps, pss, pa, pR, pc);
+        if (R) {
+            /* windows closing at positions pb .. pb + b − 1 */
+            const int64_t w0 = (pb + R) / R - 1, w1 = (pb + b) / R;
+            if (w1 > w0) {
+                be->compress_rows(be, ls->cfr, ls->cap_c, R, (int)L->coff, hd, v->c_norm, hp->rms_eps, n_rot,
+                                  e->inv_freq_comp, !e->exact, false, w0, w1, ls->comp);
+                if (csa)
+                    be->compress_rows(be, ls->ifr, ls->cap_c, R, 2, ihd, v->i_norm, hp->rms_eps, n_rot,
+                                      e->inv_freq_comp, !e->exact, true, w0, w1, ls->icomp);
+            }
+        }
+        const bool sel = csa && (pb + b) / R > topk; /* some token of the sub-batch selects */
+        if (sel)
+            be->indexer_topk(be, sc->iq + t0 * inh * ihd, inh * ihd, sc->iw + t0 * inh, inh, idx_scale, (int)inh, ihd,
+                             ls->icomp, R, pb, b, topk, sc->comp_idx_dev);
+        be->attention_n(be, sc->q + t0 * qd, qd, (int)nh, hd, ls->raw, s->cap_raw, (int)hp->n_win, R ? ls->comp : NULL,
+                        R, sel ? sc->comp_idx_dev : NULL, topk, v->sinks, att_scale, n_rot, pb, b, inv,
+                        sc->ao + t0 * qd, qd);
+    }
+    return true;
+}
+
 /* Attention sublayer of layer il; its output is left in sc->y (the caller's next HC site
  * applies it). post_first: the previous sublayer's output is still pending. */
 static void attention_layer(ds4_session *s, int il, int n, bool post_first) {
@@ -269,6 +342,7 @@ static void attention_layer(ds4_session *s, int il, int n, bool post_first) {
 #undef ADD
         matmul_set(be, cnt, W, y, ys, sc->qr, ql, n);
     }
+    if (n >= 2 && attention_batched(s, il, n)) goto out_proj;
     if (!fq) {
         be->rmsnorm(be, sc->q, hd, NULL, sc->q, hd, hd, (int)(n * nh), hp->rms_eps);
         be->rmsnorm(be, sc->kv, hd, v->kv_norm, sc->kv, hd, hd, n, hp->rms_eps);
@@ -350,6 +424,7 @@ static void attention_layer(ds4_session *s, int il, int n, bool post_first) {
             be->rope(be, ot, hd, (int)nh, hd, n_rot, p, inv, true);
         }
     }
+out_proj:
     /* grouped output projection (§7.9) */
     const int64_t G = hp->n_out_group, ol = hp->o_lora_rank, gin = qd / G;
     if (be->matmul_groups)

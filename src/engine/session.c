@@ -97,7 +97,7 @@ static void walk(ds4_session *s, const ds4_engine *e, const ds4_session_options 
     sc->dn = take(pl, F(c * k * d), false);
     sc->score = take(pl, F(DS4_MAX(max_comp_all, ne) + 1), false);
     sc->logits = take(pl, F(c * hp->n_vocab), false);
-    sc->comp_idx_dev = take(pl, I((int64_t)hp->idx_topk + 1), false);
+    sc->comp_idx_dev = take(pl, I(c * (int64_t)hp->idx_topk + 1), false);
     sc->raw_idx = take(pl, I(hp->n_win), true);
     sc->comp_idx = take(pl, I(DS4_MAX(max_comp_all, (int64_t)hp->idx_topk) + 1), true);
     sc->sel = take(pl, I(c * k), true);

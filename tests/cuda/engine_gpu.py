@@ -5,7 +5,7 @@ Owns: converting the oracle fixtures and synthetic tiny models, running
 `ds4 --tokens @F --dump-logits OUT` with --cuda and --cpu in exact and production mode,
 and comparing logits; prints one table row per case and exits non-zero on any failure.
 Must not: compare the CUDA engine with values it produced itself, except for the
-chunked-prefill vs decode identity (same backend, different chunking: bit-exact).
+chunked-prefill vs decode checks (same backend, different chunking).
 
 References and bounds (max |difference| over all positions and vocabulary entries):
   * exact mode, CUDA vs the transformers oracle logits (tests/fixtures/oracle):   1e-3
@@ -27,7 +27,11 @@ References and bounds (max |difference| over all positions and vocabulary entrie
     2.2e-2 with the fused ops, against a median of 1.7e-2 / 1.9e-2 for the two. Exact mode
     (above) is where the fused ops are held to the oracle;
   * CUDA chunked prefill (engine default chunk) vs one-token steps (--prefill-chunk 1):
-    bit-identical (backend.h: every output element computed by the same code).
+    chunks use the batched prefill ops and the tensor-core matmuls, which sum in another
+    order than the single-token path (backend.h "optional batched ops"), so the bounds are
+    those of CUDA vs CPU above (exact: 1e-3; production: relative, position 0 and median);
+    with those turned off (NO_BATCH: DS4_CUDA_NO_FUSED=batch, DS4_CUDA_NO_MMQ=1) every
+    output element is computed by the same code whatever the chunking: bit-identical.
 
 usage: engine_gpu.py --bin DIR [--work DIR] [--only NAME]   (DIR holds ds4, ds4-quantize)
 """
@@ -45,6 +49,7 @@ FIX = ROOT / "tests" / "fixtures" / "oracle"
 EXACT_TOL = 1e-3
 PROD_TOL0 = 5e-2
 PROD_TOL_MED = 5e-2
+NO_BATCH = {"DS4_CUDA_NO_FUSED": "batch", "DS4_CUDA_NO_MMQ": "1"}
 
 
 def fixtures():
@@ -161,7 +166,15 @@ def main():
                         print(f"    DS4_CUDA_PREQ=1: vs cpu {float(np.abs(pq - cp).max()) / scale:.3e}, "
                               f"vs in-kernel quant {float(np.abs(pq - cu).max()):.3e}", flush=True)
                 c1 = logits(bindir, g, tj, work / f"{tag}.{mode}.cuda1.f32", nv, "--cuda", "--prefill-chunk", "1", *flags)
-                row(name, mode, "cuda chunk=1 vs chunked", float(np.abs(c1 - cu).max()), 0.0)
+                if mode == "exact":
+                    row(name, mode, "cuda chunk=1 vs chunked", float(np.abs(c1 - cu).max()), EXACT_TOL)
+                else:
+                    scale = max(1.0, float(np.abs(c1).max()))
+                    per = np.abs(cu - c1).max(axis=1) / scale
+                    row(name, mode, "chunk=1 vs chunked pos 0", float(per[0]), PROD_TOL0)
+                    row(name, mode, "chunk=1 vs chunked median", float(np.median(per)), PROD_TOL_MED)
+                cb = logits(bindir, g, tj, work / f"{tag}.{mode}.cudab.f32", nv, "--cuda", *flags, env=NO_BATCH)
+                row(name, mode, "chunk=1 vs chunked, no batch", float(np.abs(c1 - cb).max()), 0.0)
         except Exception as ex:  # a crash is a failed case, the others still run
             fails += 1
             print(f"{name:<22} ERROR {ex}", flush=True)

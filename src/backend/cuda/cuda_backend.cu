@@ -69,6 +69,10 @@ struct cu_impl {
     // staging ring: pinned host + device, consumed in stream order
     uint8_t *h_ring, *d_ring;
     size_t ring_cap, ring_off;
+    // get_rows' host dequantisation rows: grown on the first call that needs more (a prefill
+    // chunk), so decode steps allocate nothing
+    float *gr_host;
+    size_t gr_cap;
     // host readback scratch (topk scores)
     float *h_score;
     size_t h_score_cap;
@@ -1210,8 +1214,13 @@ void cu_get_rows(ds4_backend *be, const ds4_tensor *E, const int32_t *ids, int n
     const size_t row = (size_t)d * sizeof(float);
     // dequantise on the host from the mapping, in ring-sized groups of rows
     const int per = (int)(im->ring_cap / 2 / row) > 0 ? (int)(im->ring_cap / 2 / row) : 1;
-    float *h = (float *)malloc(row * (size_t)(per < n ? per : n));
-    DS4_ASSERT(h != NULL);
+    const size_t need = row * (size_t)(per < n ? per : n);
+    if (need > im->gr_cap) {
+        float *g = (float *)realloc(im->gr_host, need);
+        DS4_ASSERT(g != NULL);
+        im->gr_host = g, im->gr_cap = need;
+    }
+    float *h = im->gr_host;
     for (int t0 = 0; t0 < n; t0 += per) {
         int cnt = n - t0 < per ? n - t0 : per;
         for (int t = 0; t < cnt; t++)
@@ -1225,7 +1234,6 @@ void cu_get_rows(ds4_backend *be, const ds4_tensor *E, const int32_t *ids, int n
             CK(cudaStreamSynchronize(im->st));
         }
     }
-    free(h);
 }
 
 void cu_rmsnorm(ds4_backend *be, const float *x, int64_t xs, const float *w, float *y, int64_t ys, int64_t n,
@@ -1437,6 +1445,7 @@ void cu_free(ds4_backend *be) {
         if (im->d_ring) cudaFree(im->d_ring);
         if (im->h_ring) cudaFreeHost(im->h_ring);
         if (im->h_score) cudaFreeHost(im->h_score);
+        free(im->gr_host);
         for (int i = 0; i < ds4cu::SCR_COUNT; i++)
             if (im->scr[i]) cudaFree(im->scr[i]);
         if (im->d_counters) cudaFree(im->d_counters);
@@ -1691,11 +1700,12 @@ extern "C" int ds4_backend_cuda_create(ds4_backend **out, const ds4_model *m, ds
         be->topk_dev = off("topk") ? NULL : cu_topk_dev;
         be->attention_ex = off("attn") ? NULL : cu_attention_ex;
         be->matmul_multi = off("mm") ? NULL : cu_matmul_multi;
-        // batched prefill ops (diagnostics: "batch" turns all four off)
-        be->qkv_rope_n = off("batch") || off("qkvn") ? NULL : cu_qkv_rope_n;
-        be->compress_rows = off("batch") || off("crows") ? NULL : cu_compress_rows;
-        be->indexer_topk = off("batch") || off("idxn") ? NULL : cu_indexer_topk;
-        be->attention_n = off("batch") || off("attnn") ? NULL : cu_attention_n;
+        // batched prefill ops: "batch" turns all four off, rope_n / rows_n / idx_n / att_n
+        // one each (forward.c needs all of a layer's to batch it)
+        be->qkv_rope_n = off("batch") || off("rope_n") ? NULL : cu_qkv_rope_n;
+        be->compress_rows = off("batch") || off("rows_n") ? NULL : cu_compress_rows;
+        be->indexer_topk = off("batch") || off("idx_n") ? NULL : cu_indexer_topk;
+        be->attention_n = off("batch") || off("att_n") ? NULL : cu_attention_n;
     }
     be->moe_routed = getenv("DS4_CUDA_NO_FUSED_MOE") ? NULL : cu_moe_routed;
     be->matmul_groups = getenv("DS4_CUDA_NO_FUSED_MOE") ? NULL : cu_matmul_groups;
