@@ -240,6 +240,11 @@ struct ds4_backend {
                          const int32_t *ia, int na, const float *rows_b, const int32_t *ib, int nb, bool ib_dev,
                          const float *sinks, float scale, int n_rot, int64_t pos, const float *inv_freq, float *out);
 
+    /* repeat_rows (optional; NULL: n·h copies): dst[(t·h + k)·d + i] = src[t·d + i] for
+     * t < n, k < h, i < d — the h hyper-connection streams start as copies of the
+     * embedding. dst and src do not overlap. */
+    void (*repeat_rows)(ds4_backend *be, float *dst, const float *src, int n, int h, int64_t d);
+
     /* ---- optional batched ops for prefill chunks (NULL: forward.c runs the per-token
      * chain above). forward.c uses them for chunks of n >= 2 tokens, in sub-batches no
      * larger than the session's rewind window allows (every ring slot a sub-batch writes

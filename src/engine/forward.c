@@ -447,8 +447,11 @@ int ds4_forward_chunk(ds4_session *s, const int32_t *tok, int n, bool all_logits
     DS4_ASSERT(n >= 1 && n <= s->chunk && s->n_tokens + n <= s->ctx);
 
     be->get_rows(be, &m->tok_embd, tok, n, sc->x);
-    for (int t = 0; t < n; t++)
-        for (int k = 0; k < h; k++) be->copy(be, sc->H + t * hw + k * d, sc->x + t * d, (size_t)d * sizeof(float));
+    if (be->repeat_rows)
+        be->repeat_rows(be, sc->H, sc->x, n, h, d);
+    else
+        for (int t = 0; t < n; t++)
+            for (int k = 0; k < h; k++) be->copy(be, sc->H + t * hw + k * d, sc->x + t * d, (size_t)d * sizeof(float));
 
     /* each sublayer's output (sc->y) is applied to the streams by the next HC site */
     for (int il = 0; il < (int)hp->n_layer; il++) {

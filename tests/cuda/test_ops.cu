@@ -252,6 +252,19 @@ static void run(ds4_backend *C, ds4_backend *G, const char *mode) {
         drop(y);
         drop(z);
     }
+    // repeat_rows (optional): vs the CPU's copies, aligned (d % 4 == 0) and odd d; exact
+    for (int64_t d : {4096, 61})
+        if (G->repeat_rows) {
+            const int n = 5, h = 4;
+            Pair src = put(C, G, rvec((size_t)(n * d))), dst = put(C, G, rvec((size_t)(n * h * d)));
+            for (int t = 0; t < n; t++)
+                for (int k = 0; k < h; k++) C->copy(C, dst.c + (t * h + k) * d, src.c + t * d, (size_t)d * 4);
+            G->repeat_rows(G, dst.g, src.g, n, h, d);
+            snprintf(name, sizeof name, "%s repeat_rows 5 x 4 x %lld", mode, (long long)d);
+            check(name, dst, 0);
+            drop(src);
+            drop(dst);
+        }
     // fused ops (tests/cuda/ops_*.cu)
     ops_fused_hc(C, G, mode);
     ops_fused_qkv(C, G, mode);

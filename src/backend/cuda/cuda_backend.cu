@@ -873,6 +873,27 @@ void cu_copy(ds4_backend *be, void *dst, const void *src, size_t n) {
         }
     }
 }
+// dst [n][h][d] = src [n][d] repeated over h (backend.h repeat_rows): one thread per
+// destination float4 when d % 4 == 0 and both are 16-byte aligned, else per float.
+__global__ void k_repeat_rows(float *dst, const float *src, int h, int64_t d, int64_t total, bool v4) {
+    pdl_enter();
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= total) return;
+    if (v4) {
+        const int64_t d4 = d / 4, e = i % d4, row = i / d4; // row = t·h + k
+        reinterpret_cast<float4 *>(dst)[i] = reinterpret_cast<const float4 *>(src)[(row / h) * d4 + e];
+    } else {
+        const int64_t e = i % d, row = i / d;
+        dst[i] = src[(row / h) * d + e];
+    }
+}
+void cu_repeat_rows(ds4_backend *be, float *dst, const float *src, int n, int h, int64_t d) {
+    PROF(COPY);
+    const bool v4 = d % 4 == 0 && ((uintptr_t)dst | (uintptr_t)src) % 16 == 0;
+    const int64_t total = (int64_t)n * h * (v4 ? d / 4 : d);
+    if (total <= 0) return;
+    KL(k_repeat_rows, (unsigned)((total + 255) / 256), 256, 0, IMPL(be)->st, dst, src, h, d, total, v4);
+}
 void cu_zero(ds4_backend *be, void *dst, size_t n) {
     PROF(ZERO);
     if (n) KL(k_zero, copy_blocks(n), 256, 0, IMPL(be)->st, (uint8_t *)dst, n);
@@ -1669,6 +1690,7 @@ extern "C" int ds4_backend_cuda_create(ds4_backend **out, const ds4_model *m, ds
     be->read = cu_read;
     be->copy = cu_copy;
     be->zero = cu_zero;
+    be->repeat_rows = cu_repeat_rows;
     be->upload_vec = cu_upload_vec;
     be->reserve = cu_reserve;
     be->reserve_bytes = cu_reserve_bytes;
