@@ -103,7 +103,7 @@ static int new_session(ds4_cli_chat *c, int ctx, ds4_session **out, char *err, s
     ds4_session_options so;
     ds4_session_options_default(&so);
     so.ctx = ctx;
-    if (c->o->prefill_chunk > 0) so.prefill_chunk = c->o->prefill_chunk;
+    so.prefill_chunk = c->o->prefill_chunk > 0 ? c->o->prefill_chunk : ds4_engine_prefill_chunk(c->e, so.ctx);
     size_t bytes = 0;
     int rc = ds4_engine_memory_estimate(c->e, &so, &bytes, err, errlen);
     if (rc) return rc;

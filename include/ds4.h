@@ -67,10 +67,12 @@ const char *ds4_engine_backend_name(const ds4_engine *e);
 typedef struct {
     int ctx;             /* maximum tokens in the timeline (> 0) */
     int rewind_window;   /* W: a rewind by <= W tokens is exact and cheap; default 1024 */
-    int prefill_chunk;   /* tokens per prefill step, default 64 */
+    int prefill_chunk;   /* tokens per prefill step; 0 (default): the backend's (CPU 64, CUDA 2048, at most ctx) */
 } ds4_session_options;
 
 void ds4_session_options_default(ds4_session_options *o);
+/* The prefill chunk a session of context ctx gets when its options leave it at 0. */
+int ds4_engine_prefill_chunk(const ds4_engine *e, int ctx);
 
 /* Bytes a session with these options will allocate (KV state + scratch, including the
  * backend's matmul scratch, which grows with prefill_chunk), computed the same way

@@ -18,7 +18,16 @@ void ds4_session_options_default(ds4_session_options *o) {
     memset(o, 0, sizeof *o);
     o->ctx = 4096;
     o->rewind_window = 1024;
-    o->prefill_chunk = 64;
+    o->prefill_chunk = 0; /* the backend's: ds4_engine_prefill_chunk */
+}
+
+/* Prefill chunk when the caller leaves it at 0: the CPU gains nothing from chunks much
+ * larger than its cache-sized matmul batches, while the CUDA backend's batched prefill ops
+ * and tensor-core matmuls need thousands of rows to fill the GPU (bench/RESULTS.md); never
+ * more than the context (the scratch grows with the chunk). */
+int ds4_engine_prefill_chunk(const ds4_engine *e, int ctx) {
+    const int c = strcmp(e->be->name, "cuda") ? 64 : 2048;
+    return c < ctx ? c : (ctx > 0 ? ctx : 1);
 }
 
 static int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
@@ -113,7 +122,7 @@ static int check_opts(const ds4_engine *e, const ds4_session_options *o, char *e
     if (o->rewind_window < 0 || o->rewind_window > (1 << 24))
         return ds4_err(err, errlen, DS4_ERR_ARG, "session: rewind_window must be in 0..%d (got %d)", 1 << 24, o->rewind_window);
     if (o->prefill_chunk <= 0 || o->prefill_chunk > 65536)
-        return ds4_err(err, errlen, DS4_ERR_ARG, "session: prefill_chunk must be in 1..65536 (got %d)", o->prefill_chunk);
+        return ds4_err(err, errlen, DS4_ERR_ARG, "session: prefill_chunk must be in 1..65536, or 0 for the backend's default (got %d)", o->prefill_chunk);
     (void)e;
     return 0;
 }
@@ -123,15 +132,16 @@ static int reserve_tokens(const ds4_engine *e, const ds4_session_options *o) {
     return (int)((int64_t)o->prefill_chunk * e->model->hp.n_expert_used);
 }
 
-static void fill_opts(ds4_session_options *dst, const ds4_session_options *o) {
+static void fill_opts(const ds4_engine *e, ds4_session_options *dst, const ds4_session_options *o) {
     ds4_session_options_default(dst);
     if (o) *dst = *o;
+    if (dst->prefill_chunk == 0) dst->prefill_chunk = ds4_engine_prefill_chunk(e, dst->ctx);
 }
 
 int ds4_engine_memory_estimate(const ds4_engine *e, const ds4_session_options *o, size_t *bytes, char *err,
                                size_t errlen) {
     ds4_session_options oo;
-    fill_opts(&oo, o);
+    fill_opts(e, &oo, o);
     int rc = check_opts(e, &oo, err, errlen);
     if (rc < 0) return rc;
     ds4_session tmp;
@@ -180,7 +190,7 @@ void ds4_session_free(ds4_session *s) {
 int ds4_session_create(ds4_session **out, ds4_engine *e, const ds4_session_options *o, char *err, size_t errlen) {
     *out = NULL;
     ds4_session_options oo;
-    fill_opts(&oo, o);
+    fill_opts(e, &oo, o);
     int rc = check_opts(e, &oo, err, errlen);
     if (rc < 0) return rc;
     ds4_session *s = calloc(1, sizeof *s);

@@ -455,7 +455,7 @@ int main(int argc, char **argv) {
     ds4_session_options so;
     ds4_session_options_default(&so);
     so.ctx = o.ctx_alloc;
-    if (o.prefill_chunk > 0) so.prefill_chunk = o.prefill_chunk;
+    so.prefill_chunk = o.prefill_chunk > 0 ? o.prefill_chunk : ds4_engine_prefill_chunk(e, so.ctx);
     if (o.rewind_window >= 0) so.rewind_window = o.rewind_window;
     size_t estimate = 0;
     if (ds4_engine_memory_estimate(e, &so, &estimate, err, sizeof err) < 0 ||
