@@ -45,6 +45,7 @@ extern "C" {
 }
 #include "cuda_backend.h"
 #include "cuda_internal.h"
+#include "moe_prefill.h"
 
 namespace {
 
@@ -930,11 +931,29 @@ const float *cu_upload_vec(ds4_backend *be, const ds4_tensor *t) {
     return (const float *)d;
 }
 
+// Production chunks of at least kMmqMinRows tokens run their matmuls and MoE through mmq
+// (moe_prefill.cu) with quantized activation rows in SCR_ACTQ (up to two dot types of a
+// chunk at the widest input) and the chunk MoE's lists and packed rows in SCR_MOE_PF
+// (the model's expert shapes, the shared expert assumed as wide as a routed one, up to
+// 1024 experts): reserve allocates both, so prefill does not grow them (a stream sync)
+// mid-chunk and the memory estimate counts them; larger shapes still grow them on use.
+// max_tok counts rows of a chunk's expert matmuls: chunk · n_expert_used (session.c).
+void pf_reserve_sizes(ds4_backend *be, int max_tok, int64_t max_in, size_t *actq, size_t *moe) {
+    const cu_impl *im = IMPL(be);
+    *actq = *moe = 0;
+    if (be->numerics != DS4_NUM_PROD) return;
+    const int chunk = im->moe_k > 0 ? max_tok / im->moe_k : max_tok;
+    if (chunk < ds4cu::kMmqMinRows) return;
+    *actq = 2 * (size_t)chunk * (size_t)((max_in + 255) / 256) * 292;
+    if (im->moe_k > 0 && im->moe_ff > 0 && im->moe_d > 0)
+        *moe = ds4cu_moe_prefill_bytes(chunk, im->moe_k, 1024, im->moe_d, im->moe_ff, im->moe_ff);
+}
+
 size_t cu_reserve_bytes(ds4_backend *be, int max_tok, int64_t max_in) {
-    (void)be;
-    (void)max_tok;
-    (void)max_in;
-    return 0; // activations are quantised inside the matvec kernels: no scratch
+    // activations of small batches are quantised inside the matvec kernels: no scratch
+    size_t actq, moe;
+    pf_reserve_sizes(be, max_tok, max_in, &actq, &moe);
+    return actq + moe;
 }
 
 int cu_reserve(ds4_backend *be, int max_tok, int64_t max_in, char *err, size_t errlen) {
@@ -966,6 +985,12 @@ int cu_reserve(ds4_backend *be, int max_tok, int64_t max_in, char *err, size_t e
             return ds4_err(err, errlen, DS4_ERR_NOMEM, "CUDA backend: cannot reserve expert scratch");
         im->moe_dn_cap = nd;
     }
+    size_t actq, moe;
+    pf_reserve_sizes(be, im->max_tok, im->max_in, &actq, &moe);
+    if (try_grow(&im->scr[ds4cu::SCR_ACTQ], &im->scr_cap[ds4cu::SCR_ACTQ], actq, im->st) < 0 ||
+        try_grow(&im->scr[ds4cu::SCR_MOE_PF], &im->scr_cap[ds4cu::SCR_MOE_PF], moe, im->st) < 0)
+        return ds4_err(err, errlen, DS4_ERR_NOMEM, "CUDA backend: cannot reserve %.1f MiB of prefill scratch",
+                       (double)(actq + moe) / 1048576.0);
     return 0;
 }
 
@@ -1007,6 +1032,9 @@ void cu_matmul(ds4_backend *be, const ds4_tensor *W, uint64_t slab, uint64_t row
     q.n_mats = 1;
     const bool quant = be->numerics == DS4_NUM_PROD;
     const ds4_cuda_act_mode mode = quant ? DS4_CUDA_ACT_QUANT : DS4_CUDA_ACT_F32;
+    // Chunks in production numerics: the rows quantized once, one tensor-core GEMM (mmq);
+    // small batches and types mmq does not take keep the matvec batches below
+    if (ds4cu_mmq_ok(be, W->type, q.k, n_tok) && ds4cu_mmq_rows(be, &q, x, 0, xs, y, ys, n_tok) == 0) return;
     char err[256];
     const uint32_t vt = ds4_vec_dot_type(W->type);
     if (quant && im->preq && (vt == DS4_TYPE_Q8_0 || vt == DS4_TYPE_Q8_K)) {
@@ -1090,6 +1118,10 @@ void cu_moe_routed(ds4_backend *be, const float *lg, const float *bias, const in
     KL(k_route, n, 256, 2 * (size_t)ne * sizeof(float), im->st, lg, ne, bias, dhash, k, w_scale, exact ? 1 : 0, im->d_sel,
                                                                   im->d_selw);
     CKL();
+    // Production chunks: pairs sorted by expert, grouped tensor-core GEMMs, ordered combine
+    // (moe_prefill.cu); false when it does not apply (exact, small n, types mmq refuses)
+    if (!exact && ds4cu_moe_prefill(be, im->d_sel, im->d_selw, gate, up, down, gate_sh, up_sh, down_sh, x, n, k, clamp, y))
+        return;
     const ds4_cuda_qmat qg = stack_of(im, gate), qu = stack_of(im, up), qd = stack_of(im, down);
     const ds4_cuda_act_mode mode = exact ? DS4_CUDA_ACT_F32 : DS4_CUDA_ACT_QUANT;
     char err[256];
@@ -1189,6 +1221,8 @@ void cu_matmul_groups(ds4_backend *be, const ds4_tensor *W, int G, uint64_t n_ro
     q.k = (int64_t)W->ne[0];
     q.mat_stride = n_rows * W->row_bytes;
     q.n_mats = G;
+    // Chunks in production numerics: every group slice quantized once, one mmq per group
+    if (ds4cu_mmq_ok(be, W->type, q.k, n_tok) && ds4cu_mmq_rows(be, &q, x, gs, xs, y, ys, n_tok) == 0) return;
     const ds4_cuda_act_mode mode = be->numerics == DS4_NUM_PROD ? DS4_CUDA_ACT_QUANT : DS4_CUDA_ACT_F32;
     char err[256];
     // Tokens whose group slices and outputs are packed ([t][G][gs] in, [t][G][n_rows] out,
