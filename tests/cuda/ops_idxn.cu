@@ -27,7 +27,10 @@
 // index, ascending) of the GPU's own scores, and rows of tokens with n_vis <= k untouched.
 #include "ops_harness.h"
 
+#include <cuda_runtime.h>
+
 #include <algorithm>
+#include <chrono>
 #include <iterator>
 
 // Test hook, defined in src/backend/cuda/indexer_n.cu: the scores indexer_topk selects
@@ -212,6 +215,42 @@ void run_case(ds4_backend *C, ds4_backend *G, const char *mode, const Case &c) {
     for (Pair *p : {&d.q, &d.w, &d.keys}) drop(*p);
 }
 
+// Timing (no verdict): the Flash shape at a prefill chunk of n_tok tokens whose last token
+// sees nv keys (pos0 = nv·R − n_tok), random inputs. Prints the mean of 3 runs after a
+// warm-up (device-synchronised wall time), with the score GEMM's TFLOP/s.
+void perf_case(ds4_backend *G, const char *mode, int n_tok, int64_t nv) {
+    const int nh = 64, hd = 128, k = 512, R = 4;
+    const int64_t pos0 = nv * R - n_tok, qs = (int64_t)nh * hd;
+    if (pos0 < 0) return;
+    std::vector<float> hq = rvec((size_t)n_tok * qs), hw = rvec((size_t)n_tok * nh), hk = rvec((size_t)nv * hd);
+    float *q = (float *)G->alloc(G, hq.size() * 4), *w = (float *)G->alloc(G, hw.size() * 4);
+    float *keys = (float *)G->alloc(G, hk.size() * 4);
+    int32_t *idx = (int32_t *)G->alloc(G, (size_t)n_tok * k * sizeof(int32_t));
+    G->write(G, q, hq.data(), hq.size() * 4);
+    G->write(G, w, hw.data(), hw.size() * 4);
+    G->write(G, keys, hk.data(), hk.size() * 4);
+    const float scale = (float)(1.0 / sqrt((double)hd) / sqrt((double)nh));
+    double ms = 0, macs = 0;
+    for (int t = 0; t < n_tok; t++) {
+        const int64_t v = (pos0 + t + 1) / R;
+        if (v > k) macs += (double)v * nh * hd;
+    }
+    for (int rep = 0; rep <= 3; rep++) {
+        cudaDeviceSynchronize();
+        const auto t0 = std::chrono::steady_clock::now();
+        G->indexer_topk(G, q, qs, w, nh, scale, nh, hd, keys, R, pos0, n_tok, k, idx);
+        cudaDeviceSynchronize();
+        const double dt = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+        if (rep > 0) ms += dt / 3;
+    }
+    printf("time %s indexer_topk 64x128 k512 R4 n_tok %d n_vis <= %lld: %.3f ms (%.0f TFLOP/s scores)\n", mode, n_tok,
+           (long long)nv, ms, 2 * macs / (ms * 1e-3) / 1e12);
+    G->release(G, q);
+    G->release(G, w);
+    G->release(G, keys);
+    G->release(G, idx);
+}
+
 }  // namespace
 
 void ops_batch_indexer(ds4_backend *C, ds4_backend *G, const char *mode) {
@@ -239,4 +278,5 @@ void ops_batch_indexer(ds4_backend *C, ds4_backend *G, const char *mode) {
         {"1 head x 1, k 1", 1, 1, 1, 2, 0, 20, 0, 0, 7, RANDOM},
     };
     for (const Case &c : cases) run_case(C, G, mode, c);
+    for (int64_t nv : {1024, 8192, 32768}) perf_case(G, mode, 2048, nv);
 }
