@@ -281,7 +281,9 @@ struct ds4_backend {
      * idx[t·k .. t·k + k) = topk_dev(score, n_vis, k) (ascending index order). Rows of
      * tokens with n_vis <= k are left untouched. idx is backend memory. Scores may be
      * summed in another order than indexer_scores' (so a near-tie may select
-     * differently). */
+     * differently). In production numerics q and keys are hadamard_fp4_sim outputs (keys
+     * then round_f16): FP4 values times power-of-two scales, which a backend may multiply
+     * in a narrow format (bf16) exactly; other inputs are then rounded to that format. */
     void (*indexer_topk)(ds4_backend *be, const float *q, int64_t qs, const float *w, int64_t ws, float scale,
                          int n_head, int64_t hd, const float *keys, int R, int64_t pos0, int n_tok, int k,
                          int32_t *idx);
