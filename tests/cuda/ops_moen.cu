@@ -29,7 +29,6 @@
 //  - moe_routed, exact: 1e-4 (f32 everywhere, summation order only).
 #include "ops_harness.h"
 #include "backend/cuda/cuda_backend.h"
-#include "backend/cuda/cuda_mmq.h"
 #include "backend/cuda/moe_prefill.h"
 
 namespace {
@@ -180,7 +179,7 @@ const ds4_tensor *mt(const char *name) { return &g_map.t[mi(name)]; }
 const char *path_of(ds4_backend *B, const ds4_tensor *W, int n) {
     if (strcmp(B->name, "cuda")) return "cpu";
     if (B->numerics != DS4_NUM_PROD || n < ds4cu::kMmqMinRows) return "matvec";
-    return ds4_cuda_mmq_supported(W->type, (int64_t)W->ne[0]) ? "mmq" : "matvec (mmq unsupported)";
+    return ds4cu_mmq_ok(B, W->type, (int64_t)W->ne[0], n) ? "mmq" : "matvec (mmq unsupported or off)";
 }
 
 void check_bits(const char *name, ds4_backend *G, const float *a, const float *b, size_t n) {
@@ -422,9 +421,8 @@ void moe_case(ds4_backend *C, ds4_backend *G, const char *mode, const MoeW &W, i
     bool mmq_types = true;  // moe_prefill.cu takes the chunk when mmq takes all its matrices
     for (const ds4_tensor *t : {W.gate, W.up, W.down, W.gsh, W.ush, W.dsh})
         if (shared || t == W.gate || t == W.up || t == W.down) mmq_types &= !strcmp(path_of(G, t, n), "mmq");
-    const char *path = strcmp(G->name, "cuda") ? "cpu" : exact || n < ds4cu::kMmqMinRows ? "matvec"
-                                                     : mmq_types                            ? "mmq"
-                                                                                            : "matvec (mmq unsupported)";
+    const char *path = path_of(G, W.gate, n);  // cpu / matvec (exact, small n) / mmq
+    if (!strcmp(path, "mmq") && !mmq_types) path = "matvec (mmq unsupported or off)";
     char name[160];
     snprintf(name, sizeof name, "%s moe_routed %s %s tok %d [%s]", mode, W.label, what, n, path);
     const bool ok = worst <= 1.0;

@@ -343,7 +343,13 @@ void pf_swiglu_q(ds4_backend *be, uint32_t vt, const float *g, const float *u, i
 
 // ------------------------------------------------------------------ dense
 bool ds4cu_mmq_ok(ds4_backend *be, uint32_t type, int64_t k, int n_rows) {
-    if (ds4cu::exact(be) || n_rows < ds4cu::kMmqMinRows) return false;
+    // DS4_CUDA_NO_MMQ=1 (diagnostics, tests/cuda/engine_gpu.py): every product keeps the
+    // matvec kernels, whose values do not depend on the chunking
+    static const bool off = [] {
+        const char *v = getenv("DS4_CUDA_NO_MMQ");
+        return v && *v == '1';
+    }();
+    if (off || ds4cu::exact(be) || n_rows < ds4cu::kMmqMinRows) return false;
     const uint32_t vt = ds4_vec_dot_type(type);
     if (vt != DS4_TYPE_Q8_0 && vt != DS4_TYPE_Q8_K) return false;
     return ds4_cuda_mmq_supported(type, k) != 0;

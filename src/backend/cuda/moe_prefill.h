@@ -39,7 +39,7 @@ constexpr int kMmqMinRows = 16;
 
 // Whether a product of n_rows activation rows with weights of `type` and row length k
 // takes the mmq path on this backend (production numerics, n_rows >= kMmqMinRows,
-// ds4_cuda_mmq_supported).
+// ds4_cuda_mmq_supported, and DS4_CUDA_NO_MMQ=1 not set in the environment).
 bool ds4cu_mmq_ok(ds4_backend *be, uint32_t type, int64_t k, int n_rows);
 
 // Bytes of one activation row of k values quantized to act_type (Q8_0 / Q8_K).
