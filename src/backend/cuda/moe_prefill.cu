@@ -152,7 +152,7 @@ __global__ void k_pf_quant_rows(const float *x, int64_t sa, int64_t sb, int n_in
 }
 
 // Hq row i = quantized swiglu(g_i, u_i, limit) · w_i over ff values, w_i = selw[pidx[i]]
-// (selw NULL: 1). g, u: [rows][ff] f32.
+// (selw NULL: 1). g, u: [rows][ff] f32 (16-byte-aligned rows for Q8_K).
 template <bool QK>
 __global__ void k_pf_swiglu_q(const float *g, const float *u, int64_t ff, int rows, const float *selw, const int32_t *pidx,
                               float limit, uint8_t *hq, uint64_t hs_q) {
@@ -166,12 +166,15 @@ __global__ void k_pf_swiglu_q(const float *g, const float *u, int64_t ff, int ro
     const float *gr = g + r * ff, *ur = u + r * ff;
     uint8_t *dst = hq + (uint64_t)r * hs_q;
     if constexpr (QK) {
+        // 16-byte loads: g and u rows start at 256-byte-aligned scratch plus multiples of
+        // ff·4 bytes, ff % 256 == 0 for Q8_K
+        const float4 *g4 = (const float4 *)(gr + 256 * s + 8 * lane), *u4 = (const float4 *)(ur + 256 * s + 8 * lane);
+        const float4 ga = g4[0], gb = g4[1], ua = u4[0], ub = u4[1];
+        const float gv[8] = {ga.x, ga.y, ga.z, ga.w, gb.x, gb.y, gb.z, gb.w};
+        const float uv[8] = {ua.x, ua.y, ua.z, ua.w, ub.x, ub.y, ub.z, ub.w};
         float v[8];
 #pragma unroll
-        for (int j = 0; j < 8; j++) {
-            const int64_t c = 256 * s + 8 * lane + j;
-            v[j] = pf_swiglu(gr[c], ur[c], limit, w);
-        }
+        for (int j = 0; j < 8; j++) v[j] = pf_swiglu(gv[j], uv[j], limit, w);
         pf_store_q8_k(dst + (uint64_t)s * 292, v, lane);
     } else {
         const int64_t b = s * 4 + (lane >> 3);
