@@ -293,7 +293,9 @@ struct ds4_backend {
      * the positions max(0, p − n_win + 1) .. p in ascending order; rows_b = comp rows:
      * when R > 0 with n_vis = (p + 1) / R: idx + t·k_top (k_top rows, backend memory) if
      * idx is not NULL and n_vis > k_top, else rows 0 .. n_vis − 1 (R == 0: none). Sinks,
-     * scale and the inverse rope at p as attention_ex. */
+     * scale and the inverse rope at p as attention_ex. In production numerics every row
+     * is an F16 value (qkv_rope / compress_rows end with round_f16), which a backend may
+     * rely on (rows stored or multiplied as f16); other rows are then rounded to f16. */
     void (*attention_n)(ds4_backend *be, const float *q, int64_t qs, int n_head, int64_t hd, const float *raw,
                         int raw_cap, int n_win, const float *comp, int R, const int32_t *idx, int k_top,
                         const float *sinks, float scale, int n_rot, int64_t pos0, int n_tok, const float *inv_freq,
