@@ -1,3 +1,720 @@
-// test_mmq.cu — mmq kernels vs the CPU reference. PLACEHOLDER: replaced by its owner.
+// test_mmq.cu — the tensor-core quantized GEMM (src/backend/cuda/mmq.cu) against the CPU
+// reference (src/model/quant.c: ds4_quantize_row, ds4_quantize_act_row, ds4_dot_q), and
+// its benchmark (`cuda-test-mmq --bench`: time and TOPS at the Flash shapes).
+//
+// Owns: `build/cuda-test-mmq` (needs a GPU; this box only compiles it). Must not take an
+// expected value from the GPU: every expected value is ds4_dot_q on the same blocks; the
+// bit-identity checks compare GPU launches that must agree (a row alone vs in a batch).
+//
+// Data: weight matrices are assembled from a pool of blocks, half made by the CPU
+// quantizers from Gaussian rows, half random bits with sane f16 scales (so every 4/6-bit
+// scale and min, grid index and sign pattern occurs); activations are Gaussian rows (one
+// all-zero 256-block and a ±max tie where k allows) quantized by ds4_quantize_act_row and
+// uploaded as GGML blocks. Outputs are poisoned (NaN bits) before each launch; padding
+// columns (ys > n) and rows past off[n_prob] must keep the poison.
+//
+// Tolerance, per output: |gpu − ref| <= (nb + 3)·2^-24·S + 1e-30, S = Σ_b |t_b| over the
+// row's block terms t_b = ds4_dot_q(one block). Why: the kernel forms every block term
+// from the same exact integer sums with the CPU's float operations (Q8_0: the product
+// fused into the add, one rounding fewer: <= u·|t_b|), then sums the nb terms in k order
+// in f32 (error <= (nb − 1)·u·S) where the CPU sums in f64 and rounds once (<= u·|ref|).
+// The bound is rigorous, not fitted; a wrong or missing block term is ~S/nb, far above it.
+#include <math.h>
+#include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
-int main(void) { printf("cuda-test-mmq: no cases yet\n"); return 0; }
+#include <stdlib.h>
+#include <string.h>
+
+#include <vector>
+
+#include "backend/cuda/common.cuh"
+#include "backend/cuda/cuda_mmq.h"
+
+extern "C" {
+#include "model/ggml_type.h"
+#include "model/quant.h"
+}
+
+static int g_pass, g_fail;
+
+static void report(bool ok, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void report(bool ok, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    printf("%s ", ok ? "ok  " : "FAIL");
+    vprintf(fmt, ap);
+    printf("\n");
+    va_end(ap);
+    fflush(stdout);
+    (ok ? g_pass : g_fail)++;
+}
+
+// ---- random data --------------------------------------------------------------------------
+static uint64_t g_rng = 0x243F6A8885A308D3ull;
+static uint64_t rng_u64() {
+    uint64_t z = (g_rng += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+static double rng_uniform() { return (double)(rng_u64() >> 11) * (1.0 / 9007199254740992.0); }
+static double rng_normal() {
+    const double u = rng_uniform() + 1e-300, v = rng_uniform();
+    return sqrt(-2.0 * log(u)) * cos(6.283185307179586 * v);
+}
+static int rng_int(int n) { return (int)(rng_u64() % (uint64_t)n); }
+
+static const ds4_type_info *tinfo(uint32_t type) { return ds4_type_get(type); }
+static uint64_t row_bytes(uint32_t type, int64_t k) {
+    uint64_t rb = 0;
+    if (!ds4_type_row_bytes(type, (uint64_t)k, &rb)) {
+        fprintf(stderr, "bad row bytes\n");
+        exit(1);
+    }
+    return rb;
+}
+
+// ---- weights: a pool of valid blocks, matrices assembled from it -------------------------
+struct Pool {
+    uint32_t type;
+    int bb;                      // bytes per block
+    std::vector<uint8_t> blk;    // n blocks
+    int n;
+};
+
+static void put_f16(uint8_t *p, float v) {
+    const uint16_t h = ds4_f32_to_f16(v);
+    memcpy(p, &h, 2);
+}
+
+static Pool make_pool(uint32_t type, int nq, int nr) {
+    Pool P;
+    P.type = type;
+    P.bb = (int)tinfo(type)->block_bytes;
+    const int be = (int)tinfo(type)->block_elems;
+    P.n = nq + nr;
+    P.blk.resize((size_t)P.n * P.bb);
+    // quantizer blocks: Gaussian rows with a random spread per block
+    std::vector<float> x((size_t)nq * be);
+    for (int b = 0; b < nq; b++) {
+        const double sc = 0.02 * (0.25 + 2.0 * rng_uniform());
+        for (int i = 0; i < be; i++) x[(size_t)b * be + i] = (float)(rng_normal() * sc);
+    }
+    if (ds4_quantize_row(type, x.data(), P.blk.data(), (int64_t)nq * be, NULL)) {
+        fprintf(stderr, "quantize failed\n");
+        exit(1);
+    }
+    // random-bit blocks with finite, moderate scales
+    for (int b = nq; b < P.n; b++) {
+        uint8_t *p = P.blk.data() + (size_t)b * P.bb;
+        for (int i = 0; i < P.bb; i++) p[i] = (uint8_t)rng_u64();
+        const float d = (float)(0.002 + 0.018 * rng_uniform()), dm = (float)(0.001 + 0.009 * rng_uniform());
+        const bool neg = rng_u64() & 1;
+        switch (type) {
+        case DS4_TYPE_Q8_0: put_f16(p, neg ? -d : d); break;
+        case DS4_TYPE_Q2_K: put_f16(p + 80, d); put_f16(p + 82, dm); break;
+        case DS4_TYPE_Q4_K: put_f16(p, d); put_f16(p + 2, dm); break;
+        case DS4_TYPE_IQ2_XXS: put_f16(p, neg ? -d : d); break;
+        default: break;
+        }
+    }
+    return P;
+}
+
+// rows x (k / block) blocks picked from the pool, row stride rb (bytes).
+static void fill_matrix(const Pool &P, uint8_t *dst, int64_t rows, int64_t nb_row, uint64_t rb) {
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t b = 0; b < nb_row; b++)
+            memcpy(dst + (uint64_t)r * rb + (uint64_t)b * P.bb, P.blk.data() + (size_t)rng_int(P.n) * P.bb, (size_t)P.bb);
+}
+
+static Pool *pool_of(uint32_t type) {
+    static Pool *pools[4];
+    const int i = type == DS4_TYPE_Q8_0 ? 0 : type == DS4_TYPE_Q2_K ? 1 : type == DS4_TYPE_Q4_K ? 2 : 3;
+    if (!pools[i]) pools[i] = new Pool(make_pool(type, 2048, 2048));
+    return pools[i];
+}
+
+// Activation rows [nx][k] quantized to `at`, row stride xs >= row bytes (padding random).
+static std::vector<uint8_t> make_acts(uint32_t at, int64_t nx, int64_t k, uint64_t xs) {
+    std::vector<uint8_t> out((size_t)(nx * xs));
+    for (auto &c : out) c = (uint8_t)rng_u64();
+    std::vector<float> x((size_t)k);
+    for (int64_t v = 0; v < nx; v++) {
+        const double sc = 0.25 + 2.0 * rng_uniform();
+        for (int64_t i = 0; i < k; i++) x[(size_t)i] = (float)(rng_normal() * sc);
+        if (k >= 768 && v % 3 == 0) {
+            for (int i = 256; i < 512; i++) x[(size_t)i] = 0.0f;  // an all-zero Q8_K block
+            x[515] = 7.5f;                                         // a ±max tie
+            x[700] = -7.5f;
+        }
+        if (ds4_quantize_act_row(at, x.data(), out.data() + (size_t)(v * xs), k)) {
+            fprintf(stderr, "quantize_act failed\n");
+            exit(1);
+        }
+    }
+    return out;
+}
+
+// ---- reference -------------------------------------------------------------------------------
+// ds4_dot_q of one row and the tolerance scale S = Σ_b |term_b|.
+static void ref_dot(uint32_t type, const uint8_t *w, const uint8_t *xq, int64_t k, double *ref, double *tol) {
+    float out = NAN;
+    if (ds4_dot_q(type, w, xq, k, &out)) {
+        fprintf(stderr, "ds4_dot_q failed\n");
+        exit(1);
+    }
+    const int be = (int)tinfo(type)->block_elems, bb = (int)tinfo(type)->block_bytes;
+    const int ab = (int)tinfo(ds4_vec_dot_type(type))->block_bytes;
+    const int64_t nb = k / be;
+    double S = 0;
+    for (int64_t b = 0; b < nb; b++) {
+        float t = 0;
+        ds4_dot_q(type, w + b * bb, xq + b * ab, be, &t);
+        S += fabs((double)t);
+    }
+    *ref = out;
+    *tol = (double)(nb + 3) * ldexp(1.0, -24) * S + 1e-30;
+}
+
+// ---- device helpers ---------------------------------------------------------------------------
+struct DBuf {
+    void *p = nullptr;
+    size_t n = 0;
+    explicit DBuf(size_t bytes) : n(bytes) { CUDA_CHECK(cudaMalloc(&p, bytes ? bytes : 1)); }
+    ~DBuf() { cudaFree(p); }
+    DBuf(const DBuf &) = delete;
+    DBuf &operator=(const DBuf &) = delete;
+    uint8_t *b() const { return (uint8_t *)p; }
+};
+static void up(DBuf &d, size_t at, const void *src, size_t n) { CUDA_CHECK(cudaMemcpy(d.b() + at, src, n, cudaMemcpyHostToDevice)); }
+
+static bool is_poison(float v) {
+    uint32_t u;
+    memcpy(&u, &v, 4);
+    return u == 0xFFFFFFFFu;
+}
+
+// ---- one launch, checked against the CPU -------------------------------------------------------
+// A problem set: dense (groups == NULL) or grouped. The host keeps everything needed to
+// compute the expected value of (packed row i, output r).
+struct Case {
+    const char *name;
+    uint32_t type;
+    int64_t n, k;
+    int n_mats;
+    int nx;                       // activation rows available
+    uint64_t xs;                  // activation row stride (bytes)
+    int64_t ys;                   // output row stride (floats)
+    int w_shift = 0, x_shift = 0; // byte offsets of the data in their buffers (alignment tests)
+    // grouped form (n_prob == 0: dense with n_rows = nx)
+    std::vector<int> counts, mats, xidx;
+    bool use_mats = false, use_xidx = false;
+    int slack = 0;                // max_rows = Σ counts + slack
+    int sample = 0;               // > 0: check this many random (row, output) pairs + edges
+};
+
+struct Result {
+    std::vector<float> y;  // [rows][ys]
+    int rows = 0;
+    bool launched = false;
+};
+
+static Result run_case(const Case &C, int force_bn = 0, bool check = true) {
+    Result R;
+    const uint32_t at = ds4_vec_dot_type(C.type);
+    const uint64_t rb = row_bytes(C.type, C.k), arb = row_bytes(at, C.k);
+    const int64_t nb = C.k / tinfo(C.type)->block_elems;
+    const uint64_t ms = (uint64_t)C.n * rb;
+    std::vector<uint8_t> W((size_t)(ms * C.n_mats));
+    fill_matrix(*pool_of(C.type), W.data(), C.n * C.n_mats, nb, rb);
+    std::vector<uint8_t> X = make_acts(at, C.nx, C.k, C.xs);
+
+    const bool grouped = !C.counts.empty();
+    const int n_prob = (int)C.counts.size();
+    std::vector<int> off(n_prob + 1, 0);
+    for (int p = 0; p < n_prob; p++) off[p + 1] = off[p] + C.counts[p];
+    const int rows = grouped ? off[n_prob] + C.slack : C.nx;
+    R.rows = rows;
+
+    DBuf dW(W.size() + 64), dX(X.size() + 64), dY((size_t)rows * C.ys * 4 + 4), dI((size_t)(3 * n_prob + 3 + rows) * 4 + 4);
+    up(dW, (size_t)C.w_shift, W.data(), W.size());
+    up(dX, (size_t)C.x_shift, X.data(), X.size());
+    CUDA_CHECK(cudaMemset(dY.p, 0xFF, dY.n));
+    int32_t *d_off = (int32_t *)dI.p, *d_mat = d_off + n_prob + 1, *d_xidx = d_mat + n_prob + 1;
+    if (grouped) {
+        up(dI, 0, off.data(), off.size() * 4);
+        if (C.use_mats) up(dI, (size_t)(n_prob + 1) * 4, C.mats.data(), (size_t)n_prob * 4);
+        if (C.use_xidx) up(dI, (size_t)(2 * n_prob + 2) * 4, C.xidx.data(), C.xidx.size() * 4);
+    }
+    ds4_cuda_qmat qm;
+    qm.type = C.type;
+    qm.data = dW.b() + C.w_shift;
+    qm.n = C.n;
+    qm.k = C.k;
+    qm.mat_stride = ms;
+    qm.n_mats = C.n_mats;
+    ds4_cuda_mmq_groups g = {d_off, C.use_mats ? d_mat : nullptr, C.use_xidx ? d_xidx : nullptr, n_prob, rows};
+    char bn[8];
+    snprintf(bn, sizeof bn, "%d", force_bn);
+    if (force_bn) setenv("DS4_MMQ_BN", bn, 1);
+    char err[256] = "";
+    const int rc = ds4_cuda_mmq(&qm, dX.b() + C.x_shift, C.xs, grouped ? &g : nullptr, grouped ? 0 : C.nx, (float *)dY.p, C.ys,
+                                nullptr, err, sizeof err);
+    if (force_bn) unsetenv("DS4_MMQ_BN");
+    if (rc) {
+        report(false, "%s: launch failed (%d): %s", C.name, rc, err);
+        return R;
+    }
+    CUDA_CHECK(cudaDeviceSynchronize());
+    R.y.resize((size_t)rows * C.ys);
+    CUDA_CHECK(cudaMemcpy(R.y.data(), dY.p, R.y.size() * 4, cudaMemcpyDeviceToHost));
+    R.launched = true;
+    if (!check) return R;
+
+    // Which (packed row, output) pairs to check: all when small, else edges + random.
+    std::vector<int> prob_of(rows, -1);
+    for (int p = 0; p < n_prob; p++)
+        for (int i = off[p]; i < off[p + 1]; i++) prob_of[i] = p;
+    std::vector<std::pair<int, int64_t>> pairs;
+    const int64_t real_rows = grouped ? off[n_prob] : C.nx;
+    if (C.sample == 0) {
+        for (int i = 0; i < real_rows; i++)
+            for (int64_t r = 0; r < C.n; r++) pairs.push_back({i, r});
+    } else {
+        const int edge_rows[3] = {0, (int)real_rows - 1, rng_int((int)real_rows)};
+        for (int e : edge_rows)
+            for (int64_t r = 0; r < C.n; r++) pairs.push_back({e, r});
+        const int64_t edge_cols[3] = {0, C.n - 1, (int64_t)rng_int((int)C.n)};
+        for (int64_t c : edge_cols)
+            for (int i = 0; i < real_rows; i++) pairs.push_back({i, c});
+        for (int s = 0; s < C.sample; s++) pairs.push_back({rng_int((int)real_rows), (int64_t)rng_int((int)C.n)});
+    }
+    double worst = 0;
+    int64_t bad = 0, nan_rows_ok = 0;
+    char first[200] = "";
+    for (const auto &pr : pairs) {
+        const int i = pr.first;
+        const int64_t r = pr.second;
+        const float gv = R.y[(size_t)i * C.ys + r];
+        int m = 0, xr = i;
+        if (grouped) {
+            const int p = prob_of[i];
+            m = C.use_mats ? C.mats[p] : p;
+            xr = C.use_xidx ? C.xidx[i] : i;
+        }
+        if (m < 0 || m >= C.n_mats) {  // an invalid matrix id: NaN (not the poison pattern)
+            if (isnan(gv) && !is_poison(gv)) {
+                nan_rows_ok++;
+            } else if (bad++ == 0) {
+                snprintf(first, sizeof first, "row %d out %lld: %g, want NaN (matrix %d)", i, (long long)r, gv, m);
+            }
+            continue;
+        }
+        double ref, tol;
+        ref_dot(C.type, W.data() + (uint64_t)m * ms + (uint64_t)r * rb, X.data() + (size_t)xr * C.xs, C.k, &ref, &tol);
+        const double e = fabs((double)gv - ref);
+        if (!(e <= tol)) {
+            if (bad++ == 0)
+                snprintf(first, sizeof first, "row %d out %lld: gpu %.9g ref %.9g (|d| %.3g > tol %.3g)", i, (long long)r, gv,
+                         ref, e, tol);
+        } else if (e / tol > worst) {
+            worst = e / tol;
+        }
+    }
+    // untouched: padding columns, and rows past off[n_prob]
+    int64_t touched = 0;
+    for (int i = 0; i < rows; i++)
+        for (int64_t r = 0; r < C.ys; r++)
+            if ((r >= C.n || i >= real_rows) && !is_poison(R.y[(size_t)i * C.ys + r])) touched++;
+    const bool ok = bad == 0 && touched == 0;
+    report(ok, "%-44s n=%-6lld k=%-5lld rows=%-6d checked=%zu worst=%.3f of tol%s%s%s", C.name, (long long)C.n, (long long)C.k,
+           rows, pairs.size(), worst, nan_rows_ok ? " (NaN rows ok)" : "", touched ? " PADDING WRITTEN" : "", first);
+    return R;
+}
+
+static Case dense(const char *name, uint32_t type, int64_t n, int64_t k, int T, int sample = 0) {
+    Case C;
+    C.name = name;
+    C.type = type;
+    C.n = n;
+    C.k = k;
+    C.n_mats = 1;
+    C.nx = T;
+    C.xs = row_bytes(ds4_vec_dot_type(type), k);
+    C.ys = n;
+    C.sample = sample;
+    return C;
+}
+
+// Skewed expert counts summing to `rows` over n problems (lognormal weights; some empty).
+static std::vector<int> skewed_counts(int n, int rows, int n_empty) {
+    std::vector<double> w(n);
+    double sum = 0;
+    for (int e = 0; e < n; e++) sum += (w[e] = e < n_empty ? 0.0 : exp(1.2 * rng_normal()));
+    std::vector<int> c(n, 0);
+    int left = rows;
+    for (int e = 0; e < n; e++) {
+        c[e] = (int)floor(rows * w[e] / sum);
+        left -= c[e];
+    }
+    while (left-- > 0) c[n_empty + rng_int(n - n_empty)]++;
+    for (int e = n - 1; e > 0; e--) std::swap(c[e], c[rng_int(e + 1)]);  // empties anywhere
+    return c;
+}
+
+static Case grouped(const char *name, uint32_t type, int64_t n, int64_t k, int n_mats, std::vector<int> counts, bool mats,
+                    bool xidx, int nx, int sample) {
+    Case C;
+    C.name = name;
+    C.type = type;
+    C.n = n;
+    C.k = k;
+    C.n_mats = n_mats;
+    C.counts = counts;
+    int total = 0;
+    for (int c : counts) total += c;
+    C.use_mats = mats;
+    if (mats)
+        for (size_t p = 0; p < counts.size(); p++) C.mats.push_back(rng_int(n_mats));
+    C.use_xidx = xidx;
+    C.nx = xidx ? nx : total + 40;
+    if (xidx)
+        for (int i = 0; i < total; i++) C.xidx.push_back(rng_int(nx));
+    C.xs = row_bytes(ds4_vec_dot_type(type), k);
+    C.ys = n;
+    C.sample = sample;
+    return C;
+}
+
+static const uint32_t kTypes[4] = {DS4_TYPE_Q8_0, DS4_TYPE_Q2_K, DS4_TYPE_Q4_K, DS4_TYPE_IQ2_XXS};
+
+static void test_api() {
+    bool ok = ds4_cuda_mmq_supported(DS4_TYPE_Q8_0, 32) && !ds4_cuda_mmq_supported(DS4_TYPE_Q8_0, 48) &&
+              ds4_cuda_mmq_supported(DS4_TYPE_Q2_K, 256) && !ds4_cuda_mmq_supported(DS4_TYPE_Q2_K, 128) &&
+              ds4_cuda_mmq_supported(DS4_TYPE_Q4_K, 4096) && ds4_cuda_mmq_supported(DS4_TYPE_IQ2_XXS, 4096) &&
+              !ds4_cuda_mmq_supported(DS4_TYPE_F16, 4096) && !ds4_cuda_mmq_supported(DS4_TYPE_Q8_K, 4096) &&
+              !ds4_cuda_mmq_supported(DS4_TYPE_Q8_0, 0);
+    report(ok, "supported(): the four types, k a positive multiple of the block");
+
+    DBuf w(4096), x(4096), y(4096);
+    ds4_cuda_qmat q = {DS4_TYPE_IQ2_XXS, w.p, 4, 256, 0, 1};
+    char err[256];
+    const int rc0 = ds4_cuda_mmq(nullptr, x.p, 292, nullptr, 1, (float *)y.p, 4, nullptr, err, sizeof err);
+    const int rc1 = ds4_cuda_mmq(&q, x.b() + 2, 292, nullptr, 1, (float *)y.p, 4, nullptr, err, sizeof err);  // Q8_K: 4-aligned
+    const int rc2 = ds4_cuda_mmq(&q, x.p, 100, nullptr, 1, (float *)y.p, 4, nullptr, err, sizeof err);         // stride < row
+    const int rc3 = ds4_cuda_mmq(&q, x.p, 292, nullptr, 1, (float *)y.p, 3, nullptr, err, sizeof err);         // ys < n
+    ds4_cuda_mmq_groups g = {nullptr, nullptr, nullptr, 1, 4};
+    const int rc4 = ds4_cuda_mmq(&q, x.p, 292, &g, 0, (float *)y.p, 4, nullptr, err, sizeof err);             // off NULL
+    ds4_cuda_qmat f = q;
+    f.type = DS4_TYPE_F32;
+    const int rc5 = ds4_cuda_mmq(&f, x.p, 292, nullptr, 1, (float *)y.p, 4, nullptr, err, sizeof err);
+    CUDA_CHECK(cudaMemset(y.p, 0xFF, 16));
+    const int rc6 = ds4_cuda_mmq(&q, x.p, 292, nullptr, 0, (float *)y.p, 4, nullptr, err, sizeof err);  // nothing to do
+    CUDA_CHECK(cudaDeviceSynchronize());
+    float yv[4];
+    CUDA_CHECK(cudaMemcpy(yv, y.p, 16, cudaMemcpyDeviceToHost));
+    ok = rc0 == DS4_ERR_ARG && rc1 == DS4_ERR_ARG && rc2 == DS4_ERR_ARG && rc3 == DS4_ERR_ARG && rc4 == DS4_ERR_ARG &&
+         rc5 == DS4_ERR_UNSUPPORTED && rc6 == 0 && is_poison(yv[0]);
+    report(ok, "bad arguments refused before any launch (%d %d %d %d %d %d %d)", rc0, rc1, rc2, rc3, rc4, rc5, rc6);
+}
+
+static void test_flash_dense() {
+    run_case(dense("Q8_0 q_a 4096->1024, 300 rows", DS4_TYPE_Q8_0, 1024, 4096, 300, 20000));
+    run_case(dense("Q8_0 q_b 1024->32768, 2048 rows", DS4_TYPE_Q8_0, 32768, 1024, 2048, 30000));
+    run_case(dense("Q8_0 o_b 8192->4096, 300 rows", DS4_TYPE_Q8_0, 4096, 8192, 300, 20000));
+    run_case(dense("Q8_0 shared down 2048->4096, 2048 rows", DS4_TYPE_Q8_0, 4096, 2048, 2048, 20000));
+    run_case(dense("IQ2_XXS expert gate 4096->2048, 300 rows", DS4_TYPE_IQ2_XXS, 2048, 4096, 300, 20000));
+    run_case(dense("Q2_K expert down 2048->4096, 300 rows", DS4_TYPE_Q2_K, 4096, 2048, 300, 20000));
+    run_case(dense("Q4_K expert gate 4096->2048, 300 rows", DS4_TYPE_Q4_K, 2048, 4096, 300, 20000));
+    run_case(dense("Q4_K expert down 2048->4096, 65 rows", DS4_TYPE_Q4_K, 4096, 2048, 65, 20000));
+}
+
+static void test_odd_shapes() {
+    char name[96];
+    for (uint32_t t : kTypes) {
+        const int64_t blk = tinfo(t)->block_elems;
+        const char *tn = ds4_type_name(t);
+        struct {
+            int64_t n, k;
+            int T;
+        } sh[] = {{1, blk, 1}, {7, blk, 7}, {200, 2 * 256, 65}, {129, 3 * 256, 33}, {300, 256, 1}, {131, 1024, 130}};
+        for (const auto &s : sh) {
+            snprintf(name, sizeof name, "%s odd n=%lld k=%lld T=%d", tn, (long long)s.n, (long long)s.k, s.T);
+            run_case(dense(name, t, s.n, s.k, s.T));
+        }
+        // ys > n, padded activation stride, weights at +2 bytes, activations misaligned
+        Case C = dense("", t, 200, 512, 65);
+        C.ys = 211;
+        C.xs += 36;
+        C.w_shift = 2;
+        C.x_shift = t == DS4_TYPE_Q8_0 ? 2 : 4;
+        snprintf(name, sizeof name, "%s ys>n, padded/misaligned x, w at +2", tn);
+        C.name = name;
+        run_case(C);
+    }
+    // Q8_0 row lengths that are not a multiple of 256 (a partial last k-step)
+    run_case(dense("Q8_0 k=96 (3 blocks) T=65", DS4_TYPE_Q8_0, 130, 96, 65));
+    run_case(dense("Q8_0 k=800 (25 blocks) T=7", DS4_TYPE_Q8_0, 300, 800, 7));
+    run_case(dense("Q8_0 k=4128 (129 blocks) T=17", DS4_TYPE_Q8_0, 257, 4128, 17));
+}
+
+static void test_grouped() {
+    char name[96];
+    const std::vector<int> counts = {0, 1, 200, 7, 0, 65, 48, 3, 130, 0, 17, 64};
+    for (uint32_t t : kTypes) {
+        const char *tn = ds4_type_name(t);
+        const int64_t k = t == DS4_TYPE_Q8_0 ? 544 : 768;
+        Case C = grouped("", t, 200, k, 8, counts, true, true, 97, 0);
+        C.mats[3] = 8;   // out of range: NaN rows
+        C.mats[8] = -1;  // out of range: NaN rows
+        C.mats[6] = C.mats[5];
+        C.slack = 37;
+        snprintf(name, sizeof name, "%s grouped skewed, ids, gather, NaN ids", tn);
+        C.name = name;
+        // the same data with every tile size: checked, and bit-identical across sizes
+        const uint64_t seed = g_rng;
+        const Result a = run_case(C, 64);
+        bool same = a.launched;
+        for (int bn : {32, 16}) {
+            g_rng = seed;  // same weights and activations
+            const Result b = run_case(C, bn, false);
+            same = same && b.launched && b.y.size() == a.y.size() && memcmp(b.y.data(), a.y.data(), a.y.size() * 4) == 0;
+        }
+        report(same, "%s grouped: BN 64 / 32 / 16 give identical bits", tn);
+        snprintf(name, sizeof name, "%s grouped, no ids / no gather, n_prob > n_mats", tn);
+        Case D = grouped(name, t, 70, 256, 5, {3, 0, 40, 17, 1, 9, 0}, false, false, 0, 0);
+        run_case(D);
+    }
+}
+
+// The same (matrix, activation row) gives the same bits alone, in a big batch, in a
+// grouped launch and with every tile size.
+static void test_bit_identity() {
+    for (uint32_t t : kTypes) {
+        const uint32_t at = ds4_vec_dot_type(t);
+        const int64_t n = 300, k = t == DS4_TYPE_Q8_0 ? 1056 : 1024;
+        const int T = 300;
+        const uint64_t rb = row_bytes(t, k), xs = row_bytes(at, k);
+        std::vector<uint8_t> W((size_t)(n * rb));
+        fill_matrix(*pool_of(t), W.data(), n, k / tinfo(t)->block_elems, rb);
+        std::vector<uint8_t> X = make_acts(at, T, k, xs);
+        DBuf dW(W.size()), dX(X.size()), dY((size_t)T * n * 4), dI(4 * (T + 8));
+        up(dW, 0, W.data(), W.size());
+        up(dX, 0, X.data(), X.size());
+        ds4_cuda_qmat q = {t, dW.p, n, k, 0, 1};
+        char err[256];
+        std::vector<float> big((size_t)T * n), one(n), grp((size_t)T * n);
+        bool ok = true;
+        int variants = 0;
+        for (int bn : {64, 32, 16}) {
+            char b[8];
+            snprintf(b, sizeof b, "%d", bn);
+            setenv("DS4_MMQ_BN", b, 1);
+            CUDA_CHECK(cudaMemset(dY.p, 0xFF, dY.n));
+            ok &= ds4_cuda_mmq(&q, dX.p, xs, nullptr, T, (float *)dY.p, n, nullptr, err, sizeof err) == 0;
+            CUDA_CHECK(cudaDeviceSynchronize());
+            std::vector<float> v((size_t)T * n);
+            CUDA_CHECK(cudaMemcpy(v.data(), dY.p, v.size() * 4, cudaMemcpyDeviceToHost));
+            if (bn == 64) big = v;
+            else ok &= memcmp(v.data(), big.data(), v.size() * 4) == 0;
+            variants++;
+        }
+        unsetenv("DS4_MMQ_BN");
+        // alone (n_rows = 1, xq at that row)
+        for (int tok : {0, 137, 299}) {
+            CUDA_CHECK(cudaMemset(dY.p, 0xFF, dY.n));
+            ok &= ds4_cuda_mmq(&q, dX.b() + (size_t)tok * xs, xs, nullptr, 1, (float *)dY.p, n, nullptr, err, sizeof err) == 0;
+            CUDA_CHECK(cudaDeviceSynchronize());
+            CUDA_CHECK(cudaMemcpy(one.data(), dY.p, (size_t)n * 4, cudaMemcpyDeviceToHost));
+            ok &= memcmp(one.data(), big.data() + (size_t)tok * n, (size_t)n * 4) == 0;
+        }
+        // grouped: problems {5, 0, T-5} of matrix 0 gathering the rows in reverse order
+        std::vector<int32_t> idx(8 + T);
+        idx[0] = 0, idx[1] = 5, idx[2] = 5, idx[3] = T;  // off
+        idx[4] = 0, idx[5] = 0, idx[6] = 0;              // mat
+        for (int i = 0; i < T; i++) idx[7 + i] = T - 1 - i;
+        up(dI, 0, idx.data(), idx.size() * 4);
+        ds4_cuda_mmq_groups g = {(int32_t *)dI.p, (int32_t *)dI.p + 4, (int32_t *)dI.p + 7, 3, T};
+        CUDA_CHECK(cudaMemset(dY.p, 0xFF, dY.n));
+        ok &= ds4_cuda_mmq(&q, dX.p, xs, &g, 0, (float *)dY.p, n, nullptr, err, sizeof err) == 0;
+        CUDA_CHECK(cudaDeviceSynchronize());
+        CUDA_CHECK(cudaMemcpy(grp.data(), dY.p, grp.size() * 4, cudaMemcpyDeviceToHost));
+        for (int i = 0; i < T; i++) ok &= memcmp(grp.data() + (size_t)i * n, big.data() + (size_t)(T - 1 - i) * n, (size_t)n * 4) == 0;
+        report(ok, "%s bit-identical: alone / batch of %d / grouped gather / BN 16,32,64 (%d variants)", ds4_type_name(t), T,
+               variants);
+    }
+}
+
+static void test_flash_grouped() {
+    // the routed experts at Flash row shapes (64 of the 256 experts, 3072 packed rows over
+    // 512 tokens, skewed counts with empty experts), plus the backend's extra problem for
+    // invalid ids (matrix -1)
+    for (uint32_t t : {DS4_TYPE_IQ2_XXS, DS4_TYPE_Q2_K, DS4_TYPE_Q4_K}) {
+        const bool down = t == DS4_TYPE_Q2_K;
+        const int64_t n = down ? 4096 : 2048, k = down ? 2048 : 4096;
+        std::vector<int> c = skewed_counts(64, 3072, 6);
+        c.push_back(5);
+        char name[96];
+        snprintf(name, sizeof name, "%s routed %s %lld->%lld, 64 experts", ds4_type_name(t), down ? "down" : "gate",
+                 (long long)k, (long long)n);
+        Case C = grouped(name, t, n, k, 64, c, true, !down, 512, 20000);
+        for (int p = 0; p < 64; p++) C.mats[p] = p;
+        C.mats[64] = -1;
+        run_case(C);
+    }
+    Case o = grouped("Q8_0 o_a-like 8 groups 4096->1024", DS4_TYPE_Q8_0, 1024, 4096, 8, {300, 300, 0, 300, 300, 300, 300, 300},
+                     true, false, 0, 20000);
+    for (int p = 0; p < 8; p++) o.mats[p] = p;
+    run_case(o);
+}
+
+// ---- benchmark ---------------------------------------------------------------------------------
+__global__ void k_fill_blocks(uint8_t *dst, uint64_t nblk, const uint8_t *pool, int npool, int bb) {
+    for (uint64_t b = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; b < nblk; b += (uint64_t)gridDim.x * blockDim.x) {
+        uint64_t h = b * 0x9E3779B97F4A7C15ull;
+        h ^= h >> 29;
+        const uint8_t *s = pool + (h % (uint64_t)npool) * bb;
+        for (int i = 0; i < bb; i++) dst[b * bb + i] = s[i];
+    }
+}
+
+struct BenchW {
+    DBuf *d;
+    ds4_cuda_qmat q;
+};
+static BenchW bench_weights(uint32_t t, int64_t n, int64_t k, int n_mats) {
+    const Pool &P = *pool_of(t);
+    DBuf pool(P.blk.size());
+    up(pool, 0, P.blk.data(), P.blk.size());
+    const uint64_t rb = row_bytes(t, k), nblk = (uint64_t)n * n_mats * (k / tinfo(t)->block_elems);
+    BenchW B;
+    B.d = new DBuf(nblk * P.bb);
+    k_fill_blocks<<<4096, 256>>>(B.d->b(), nblk, pool.b(), P.n, P.bb);
+    CUDA_CHECK(cudaDeviceSynchronize());
+    B.q = {t, B.d->p, n, k, (uint64_t)n * rb, n_mats};
+    return B;
+}
+
+static double bench_one(const char *name, const BenchW &B, int rows, const ds4_cuda_mmq_groups *g, const void *x, uint64_t xs,
+                        float *y) {
+    char err[256];
+    cudaEvent_t e0, e1;
+    CUDA_CHECK(cudaEventCreate(&e0));
+    CUDA_CHECK(cudaEventCreate(&e1));
+    for (int i = 0; i < 3; i++)
+        if (ds4_cuda_mmq(&B.q, x, xs, g, rows, y, B.q.n, nullptr, err, sizeof err)) {
+            printf("%s: %s\n", name, err);
+            return 0;
+        }
+    const int iters = 20;
+    CUDA_CHECK(cudaEventRecord(e0));
+    for (int i = 0; i < iters; i++) ds4_cuda_mmq(&B.q, x, xs, g, rows, y, B.q.n, nullptr, err, sizeof err);
+    CUDA_CHECK(cudaEventRecord(e1));
+    CUDA_CHECK(cudaEventSynchronize(e1));
+    float ms = 0;
+    CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
+    const double us = 1000.0 * ms / iters;
+    const double ops = 2.0 * (double)B.q.n * (double)B.q.k * rows;
+    const double wbytes = (double)row_bytes(B.q.type, B.q.k) * B.q.n * B.q.n_mats;
+    printf("bench %-46s %9.1f us  %7.1f TOPS  (weights %.0f MB: %.0f GB/s)\n", name, us, ops / us * 1e-6, wbytes / 1e6,
+           wbytes / us * 1e-3);
+    fflush(stdout);
+    cudaEventDestroy(e0);
+    cudaEventDestroy(e1);
+    return us;
+}
+
+static void bench() {
+    const int T = 2048, P = 6 * T, NE = 256;
+    cudaDeviceProp prop;
+    CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
+    printf("device: %s, %d SMs\n", prop.name, prop.multiProcessorCount);
+    // activations: T token rows (dense, gate/up gather) and P packed rows (down), both dot types
+    const int64_t kmax = 8192;
+    DBuf x8((size_t)P * row_bytes(DS4_TYPE_Q8_0, kmax)), xk((size_t)P * row_bytes(DS4_TYPE_Q8_K, kmax));
+    DBuf y((size_t)4 * ((size_t)T * 32768 > (size_t)P * 4096 ? (size_t)T * 32768 : (size_t)P * 4096));
+    {
+        std::vector<uint8_t> a = make_acts(DS4_TYPE_Q8_0, 64, kmax, row_bytes(DS4_TYPE_Q8_0, kmax));
+        for (int r = 0; r < P; r += 64) up(x8, (size_t)r * a.size() / 64, a.data(), a.size());
+        std::vector<uint8_t> b = make_acts(DS4_TYPE_Q8_K, 64, kmax, row_bytes(DS4_TYPE_Q8_K, kmax));
+        for (int r = 0; r < P; r += 64) up(xk, (size_t)r * b.size() / 64, b.data(), b.size());
+    }
+    struct D {
+        const char *name;
+        int64_t n, k;
+    } dn[] = {{"Q8_0 q_a 4096->1024 x2048", 1024, 4096},      {"Q8_0 4096->512 x2048", 512, 4096},
+              {"Q8_0 q_b 1024->32768 x2048", 32768, 1024},    {"Q8_0 o_b 8192->4096 x2048", 4096, 8192},
+              {"Q8_0 shared gate 4096->2048 x2048", 2048, 4096}, {"Q8_0 shared down 2048->4096 x2048", 4096, 2048}};
+    for (const D &d : dn) {
+        BenchW B = bench_weights(DS4_TYPE_Q8_0, d.n, d.k, 1);
+        bench_one(d.name, B, T, nullptr, x8.p, row_bytes(DS4_TYPE_Q8_0, d.k), (float *)y.p);
+        delete B.d;
+    }
+    // routed experts: P = 12288 packed rows over 256 experts (skewed), gate/up gather tokens
+    std::vector<int> c = skewed_counts(NE, P, 8);
+    int cmax = 0;
+    for (int v : c) cmax = v > cmax ? v : cmax;
+    printf("routed: %d rows over %d experts, largest %d\n", P, NE, cmax);
+    std::vector<int32_t> idx(2 * NE + 2 + P);
+    idx[0] = 0;
+    for (int e = 0; e < NE; e++) idx[e + 1] = idx[e] + c[e];
+    for (int e = 0; e < NE; e++) idx[NE + 1 + e] = e;
+    for (int i = 0; i < P; i++) idx[2 * NE + 1 + i] = rng_int(T);
+    DBuf di(idx.size() * 4);
+    up(di, 0, idx.data(), idx.size() * 4);
+    const int32_t *doff = (int32_t *)di.p, *dmat = doff + NE + 1, *dx = doff + 2 * NE + 1;
+    ds4_cuda_mmq_groups gg = {doff, dmat, dx, NE, P}, gd = {doff, dmat, nullptr, NE, P};
+    // q2 file: IQ2_XXS gate/up + Q2_K down; q4 file: Q4_K for all three. Each at the
+    // automatic tile size and forced BN = 32 (DS4_MMQ_BN), to pick the better one.
+    const uint32_t gate_t[2] = {DS4_TYPE_IQ2_XXS, DS4_TYPE_Q4_K}, down_t[2] = {DS4_TYPE_Q2_K, DS4_TYPE_Q4_K};
+    for (int f = 0; f < 2; f++) {
+        BenchW G = bench_weights(gate_t[f], 2048, 4096, NE), Dn = bench_weights(down_t[f], 4096, 2048, NE);
+        for (int bn : {0, 32}) {
+            if (bn) setenv("DS4_MMQ_BN", "32", 1);
+            char nm[96];
+            snprintf(nm, sizeof nm, "%s routed gate (=up) 4096->2048%s", ds4_type_name(gate_t[f]), bn ? " BN32" : "");
+            const double tg = bench_one(nm, G, P, &gg, xk.p, row_bytes(DS4_TYPE_Q8_K, 4096), (float *)y.p);
+            snprintf(nm, sizeof nm, "%s routed down 2048->4096%s", ds4_type_name(down_t[f]), bn ? " BN32" : "");
+            const double td = bench_one(nm, Dn, P, &gd, xk.p, row_bytes(DS4_TYPE_Q8_K, 2048), (float *)y.p);
+            if (bn) unsetenv("DS4_MMQ_BN");
+            printf("bench => routed layer (%s): gate + up + down = %.1f us for %d packed rows (%.2f us per token)\n",
+                   f ? "q4" : "q2", 2 * tg + td, P, (2 * tg + td) / T);
+        }
+        delete G.d;
+        delete Dn.d;
+    }
+    // o_a: 8 groups of 4096->1024, 2048 rows each
+    {
+        std::vector<int32_t> o(8 + 1 + 8);
+        for (int p = 0; p <= 8; p++) o[p] = p * T;
+        for (int p = 0; p < 8; p++) o[9 + p] = p;
+        DBuf dO(o.size() * 4);
+        up(dO, 0, o.data(), o.size() * 4);
+        ds4_cuda_mmq_groups go = {(int32_t *)dO.p, (int32_t *)dO.p + 9, nullptr, 8, 8 * T};
+        BenchW B = bench_weights(DS4_TYPE_Q8_0, 1024, 4096, 8);
+        bench_one("Q8_0 o_a 8 groups 4096->1024 x2048", B, 8 * T, &go, x8.p, row_bytes(DS4_TYPE_Q8_0, 4096), (float *)y.p);
+        delete B.d;
+    }
+}
+
+int main(int argc, char **argv) {
+    int ndev = 0;
+    if (cudaGetDeviceCount(&ndev) != cudaSuccess || ndev < 1) {
+        printf("cuda-test-mmq: no CUDA device\n");
+        return 1;
+    }
+    if (argc > 1 && !strcmp(argv[1], "--bench")) {
+        bench();
+        return 0;
+    }
+    test_api();
+    test_odd_shapes();
+    test_grouped();
+    test_bit_identity();
+    test_flash_dense();
+    test_flash_grouped();
+    printf("%d passed, %d failed\n", g_pass, g_fail);
+    return g_fail ? 1 : 0;
+}

@@ -20,7 +20,17 @@
  * does not know the counts; it passes an upper bound max_rows on off[n_prob]); packed
  * row i reads activation row x_idx ? x_idx[i] : i and writes Y row i; problem p uses
  * matrix mat ? mat[p] : p of the stack. A problem with an id outside [0, n_mats) writes
- * NaN rows (no fault).
+ * NaN rows (no fault). n_rows is ignored in the grouped form; packed rows at or past
+ * max_rows are never computed (the host bound must hold); x_idx entries must be valid
+ * activation rows.
+ *
+ * Inputs (checked on the host, DS4_ERR_ARG otherwise): weight data and mat_stride 2-byte
+ * aligned (GGUF blocks); xq and xq_stride 2-byte (Q8_0) or 4-byte (Q8_K) aligned, xq_stride
+ * 0 or >= one activation row; ys >= w->n. Q8_K blocks' bsums must be the true 16-element
+ * sums (|bsum| <= 2048, as ds4_quantize_act_row / ds4_cuda_quantize_act write them).
+ * The kernels stage whole aligned 16-byte chunks around the wanted bytes (never a page the
+ * data does not touch). DS4_MMQ_BN=16|32|64 forces the activation-row tile (benchmarks;
+ * results are bit-identical for every tile).
  */
 #ifndef DS4_CUDA_MMQ_H
 #define DS4_CUDA_MMQ_H

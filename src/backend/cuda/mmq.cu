@@ -1,10 +1,809 @@
-// mmq.cu — tensor-core quantized matrix-matrix products (cuda_mmq.h). PLACEHOLDER.
-#include "cuda_mmq.h"
+// mmq.cu — tensor-core quantized matrix-matrix products (cuda_mmq.h).
+//
+// Owns: Y = W·X for many activation rows with int8 mma.sync (m16n8k32; m16n8k16 for the
+// K-quant min terms) for Q8_0, Q2_K, Q4_K and IQ2_XXS weights in their GGUF block layout,
+// dense or grouped (routed experts). Must not: allocate device memory, synchronize,
+// repack weights in global memory, or know tensor roles (contract in cuda_mmq.h).
+//
+// Design (one block = 128 weight rows x BN activation rows, BN = 16·NT in {16, 32, 64}):
+//  * 8 warps: 4 along rows (32 rows = two m16 tiles) x 2 along activation rows (NT n8 tiles).
+//    Weights are the mma A operand (16 rows), activations the B operand (8 rows), so the
+//    token granularity is 8 (small expert groups waste little).
+//  * k-steps of 256 elements (one K-quant superblock; 8 Q8_0 blocks). Per step the raw
+//    blocks of the 128 weight rows and the BN activation rows are staged global -> shared
+//    with 16-byte cp.async. GGUF rows are not 16-byte aligned per step (84, 66 bytes), so
+//    each row copies the aligned 16-byte chunks that cover its bytes into its own slot
+//    (slot sized for any even phase) and decoders start at the phase. A chunk that holds a
+//    wanted byte lies in the same aligned 16 bytes, so it never touches an unmapped page.
+//  * Between two barriers, all threads decode the step into int8 tiles in shared memory
+//    ([128][256] weights, [BN][256] activations, 16-byte chunks XOR-swizzled by row & 7 so
+//    ldmatrix and the decoders' 16-byte stores are bank-conflict free) plus per-row scale
+//    arrays; then the warps run ldmatrix + mma over the step while the next step's raw
+//    blocks land (issued right after the second barrier: one raw buffer suffices because
+//    the decode has consumed it). Two blocks per SM overlap one's decode with the other's
+//    mma. The first weight step of a dense launch is staged before pdl_wait().
+//  * Integer math exactly as ds4_dot_q, float scales per block:
+//      Q8_0:   per 32-block mma (accumulator preset to 0x4B400000, so float(isum) is one
+//              exact FADD: |isum| < 2^22), acc = fma(isum, dw·dx, acc).
+//      Q2_K:   weights decoded to q·(scale & 15) (<= 45, int8), so one mma chain over the
+//              whole superblock gives ds4_dot_q's isum exactly (|isum| <= 1.5M < 2^22).
+//      Q4_K / IQ2_XXS: per 32-element sub-block mma, isum += scale·C (integer IMAD), one
+//              int->float conversion per superblock (cvt.rn, as the CPU's (float)isum).
+//      Q2_K / Q4_K min term Σ min_s·bsums_s: two m16n8k16 mmas with the Q8_K 16-sums split
+//              as 128·hi + lo (int8 each), min values as the A operand.
+//      Per superblock the float term is formed with the CPU's operations in its order
+//      (__fmul_rn / __fsub_rn, no contraction), then added to an f32 accumulator.
+//    So a result differs from the CPU only by the f32 (vs f64) sum over blocks in k order
+//    (and Q8_0's fused multiply-add); it does not depend on BN, the tile, the batch or
+//    the problem: every output is computed by one thread with the same operation sequence.
+//  * Grouped launches: a 1-D grid over row tiles x (max_rows/BN + n_prob) token tiles; a
+//    block scans the per-problem tile counts ceil(count/BN) (block-wide prefix sum over
+//    off[]) to find its (problem, tile), and exits when past the end. Raster order: groups
+//    of 16 row tiles, token tiles inside a group, so concurrently running blocks share
+//    activation tiles (grouped) or weight panels (dense) in L2.
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+
+#include "backend/cuda/common.cuh"
+#include "backend/cuda/cuda_mmq.h"
+
 extern "C" {
-#include "core/common.h"
+#include "model/ggml_type.h"
+#include "model/iq2_tables.h"
+#include "model/quant.h"
 }
-extern "C" int ds4_cuda_mmq_supported(uint32_t, int64_t) { return 0; }
-extern "C" int ds4_cuda_mmq(const ds4_cuda_qmat *, const void *, uint64_t, const ds4_cuda_mmq_groups *, int, float *,
-                            int64_t, struct CUstream_st *, char *err, size_t errlen) {
-    return ds4_err(err, errlen, DS4_ERR_UNSUPPORTED, "mmq: not implemented yet");
+
+using namespace ds4cu;
+
+namespace {
+
+enum WType { W_Q8_0 = 0, W_Q2_K = 1, W_Q4_K = 2, W_IQ2 = 3 };
+
+constexpr int kBM = 128;          // weight rows per block
+constexpr int kThreads = 256;     // 8 warps
+constexpr int kRaster = 16;       // row tiles per raster group
+constexpr int kIq2Copies = 16;    // bank-spread copies of the IQ2_XXS decode tables
+constexpr uint32_t kMagic = 0x4B400000u;  // bits of 1.5·2^23: magic + i is float(1.5·2^23 + i), |i| < 2^22
+constexpr float kMagicF = 12582912.0f;
+constexpr uint32_t kIq2PosBytes = 0x002B1908u;  // 8, 25, 43, 0
+constexpr uint32_t kIq2NegBytes = 0x00D5E7F8u;  // -8, -25, -43, 0
+
+// Shared-memory layout of one block (bytes; every offset a multiple of 16).
+template <int WT, int NT>
+struct Lay {
+    static constexpr int BN = 16 * NT;
+    // raw bytes of one row per k-step, and the slot holding its covering 16-byte chunks
+    // at any even phase (<= 14): 16·ceil((bytes + 14) / 16)
+    static constexpr int WSTEP = WT == W_Q8_0 ? 272 : WT == W_Q2_K ? 84 : WT == W_Q4_K ? 144 : 66;
+    static constexpr int WSLOT = (WSTEP + 14 + 15) / 16 * 16;
+    static constexpr int XSTEP = WT == W_Q8_0 ? 272 : 292;  // Q8_0 (8 blocks) or one Q8_K block
+    static constexpr int XSLOT = (XSTEP + 14 + 15) / 16 * 16;
+    static constexpr int TAB = WT == W_IQ2 ? (256 + 128) * 4 * kIq2Copies : 0;
+    static constexpr int O_WQ = TAB;                       // int8 [128][256], swizzled
+    static constexpr int O_XQ = O_WQ + kBM * 256;          // int8 [BN][256], swizzled
+    static constexpr int O_WRAW = O_XQ + BN * 256;         // [128][WSLOT]
+    static constexpr int O_XRAW = O_WRAW + kBM * WSLOT;    // [BN][XSLOT]
+    static constexpr int O_DX = O_XRAW + BN * XSLOT;       // f32 Q8_0: [8][BN]; else [BN]
+    static constexpr int O_XBS = O_DX + (WT == W_Q8_0 ? 8 : 1) * BN * 4;  // Q8_K sums: int16 [BN][16]
+    static constexpr int O_WD = O_XBS + (WT == W_Q8_0 ? 0 : BN * 32);     // f32 Q8_0: [8][128]; K: d [128] (+ dmin [128])
+    static constexpr int O_WSC = O_WD + (WT == W_Q8_0 ? 8 * kBM * 4 : WT == W_IQ2 ? kBM * 4 : 2 * kBM * 4);
+    static constexpr int O_MINS = O_WSC + ((WT == W_IQ2 || WT == W_Q4_K) ? 8 * kBM : 0);  // int8 scales [8][128]
+    static constexpr int BYTES = O_MINS + ((WT == W_Q2_K || WT == W_Q4_K) ? kBM * 16 : 0);  // int8 mins [128][16]
+};
+
+struct Params {
+    const uint8_t *w;        // matrix 0, row 0
+    uint64_t mat_stride;     // bytes between matrices
+    uint64_t row_bytes;      // bytes of one weight row
+    const uint8_t *x;        // activation rows (GGML Q8_0 / Q8_K blocks)
+    uint64_t x_stride;       // bytes between activation rows
+    float *y;
+    int64_t ys;              // floats between output rows
+    const int32_t *off, *mat, *x_idx;  // grouped form (device), see cuda_mmq.h
+    int n, n_mats;           // rows per matrix, matrices in the stack
+    int nb;                  // blocks per row (Q8_0: 32-element blocks; else superblocks)
+    int nks;                 // k-steps
+    int grouped, n_prob, max_rows, n_rows;
+    int n_rt, n_tt;          // row tiles, token tiles (grid = n_rt·n_tt)
+    uint32_t codes[256];     // IQ2_XXS: grid bytes as 2-bit codes in nibbles (see iq2_tables_host)
+    uint32_t ssp[128];       // IQ2_XXS: sign bits moved to bit 2 of the same nibbles
+};
+
+// ---- small device helpers -------------------------------------------------------------
+
+__device__ __forceinline__ uint32_t smem_u32(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
+
+// N words from a 2-byte aligned shared-memory address (N + 1 aligned loads, funnel shifts).
+template <int N>
+__device__ __forceinline__ void ld_words(const uint8_t *p, uint32_t *out) {
+    const uint32_t mis = (uint32_t)(uintptr_t)p & 3u;
+    const uint32_t *v = (const uint32_t *)(p - mis);
+    uint32_t t[N + 1];
+#pragma unroll
+    for (int i = 0; i <= N; i++) t[i] = v[i];
+#pragma unroll
+    for (int i = 0; i < N; i++) out[i] = fshr(t[i], t[i + 1], mis * 8);
+}
+
+__device__ __forceinline__ uint32_t ld_u16(const uint8_t *p) { return *(const uint16_t *)p; }
+
+// 32 decoded bytes (8 words) as chunks 2q, 2q+1 of a swizzled 256-byte tile row.
+__device__ __forceinline__ void st_row32(uint8_t *row, int r, int q, const uint32_t w[8]) {
+    const int x = r & 7;
+    *(uint4 *)(row + (((2 * q) ^ x) << 4)) = make_uint4(w[0], w[1], w[2], w[3]);
+    *(uint4 *)(row + (((2 * q + 1) ^ x) << 4)) = make_uint4(w[4], w[5], w[6], w[7]);
+}
+
+__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], uint32_t addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+}
+__device__ __forceinline__ void ldsm_x2(uint32_t &r0, uint32_t &r1, uint32_t addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];" : "=r"(r0), "=r"(r1) : "r"(addr));
+}
+
+// D = A·B + C, 16x8x32 int8 -> int32.
+__device__ __forceinline__ void mma_k32(int (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1, int c0, int c1,
+                                        int c2, int c3) {
+    asm("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%10,%11,%12,%13};"
+        : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1), "r"(c0), "r"(c1), "r"(c2), "r"(c3));
+}
+// D = A·B + C, 16x8x16 int8 -> int32.
+__device__ __forceinline__ void mma_k16(int (&d)[4], uint32_t a0, uint32_t a1, uint32_t b, int c0, int c1, int c2,
+                                        int c3) {
+    asm("mma.sync.aligned.m16n8k16.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5}, {%6}, {%7,%8,%9,%10};"
+        : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3])
+        : "r"(a0), "r"(a1), "r"(b), "r"(c0), "r"(c1), "r"(c2), "r"(c3));
+}
+
+// ---- staging: global -> shared (cp.async, 16-byte chunks covering the wanted bytes) ----
+
+// Bytes of k-step s of one row (Q8_0: the last step may hold fewer than 8 blocks).
+template <int WT>
+__device__ __forceinline__ uint32_t step_bytes(const Params &P, int s, int full) {
+    return WT == W_Q8_0 ? 34u * (uint32_t)min(8, P.nb - 8 * s) : (uint32_t)full;
+}
+
+// Copies [src, src + bytes) of `rows` rows (row r at base[r]) into slots of SLOT bytes.
+template <int SLOT>
+__device__ __forceinline__ void stage_rows(uint8_t *dst, const uint8_t *const *base, const uint8_t *base0,
+                                           uint64_t stride, int rows, uint64_t soff, uint32_t bytes, int tid) {
+    constexpr int CH = SLOT / 16;
+    for (int i = tid; i < rows * CH; i += kThreads) {
+        const int r = i / CH, c = i - r * CH;
+        const uintptr_t src = (uintptr_t)((base ? base[r] : base0 + (uint64_t)r * stride) + soff);
+        const uint32_t o = (uint32_t)src & 15u;
+        if ((uint32_t)c * 16u < o + bytes)
+            cp_async16(dst + r * SLOT + 16 * c, (const void *)((src & ~(uintptr_t)15) + 16u * (uint32_t)c));
+    }
+}
+
+// ---- decoders: raw step -> int8 tiles and scale arrays ----------------------------------
+// Unit (row r, q): 32 output bytes k = 32q .. 32q+31 of the step. Lanes 4i..4i+3 take four
+// q of one row, so each 8-lane phase of the 16-byte stores hits 8 distinct chunk columns.
+
+template <int WT, int NT>
+__device__ __forceinline__ void decode_weights(const Params &P, uint8_t *sm, const uint8_t *wbase, int nrow, int s,
+                                               int tid) {
+    using L = Lay<WT, NT>;
+    const uint64_t soff = (uint64_t)s * L::WSTEP;
+    const int nbk = WT == W_Q8_0 ? min(8, P.nb - 8 * s) : 8;
+    float *wd = (float *)(sm + L::O_WD);
+    int8_t *wsc = (int8_t *)(sm + L::O_WSC);
+    uint8_t *mins = sm + L::O_MINS;
+#pragma unroll 1
+    for (int it = 0; it < kBM * 8 / kThreads; it++) {
+        const int u = it * kThreads + tid;
+        const int r = (u >> 2) & (kBM - 1), q = (u & 3) + 4 * (u / (4 * kBM));
+        const bool ok = r < nrow && q < nbk;
+        const uint8_t *bp = sm + L::O_WRAW + r * L::WSLOT;
+        if (ok) bp += (uint32_t)(uintptr_t)(wbase + (uint64_t)r * P.row_bytes + soff) & 15u;
+        uint32_t w[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+        if constexpr (WT == W_Q8_0) {
+            float d = 0.0f;
+            if (ok) {
+                d = f16_bits_to_f32((uint16_t)ld_u16(bp + 34 * q));
+                ld_words<8>(bp + 34 * q + 2, w);
+            }
+            wd[q * kBM + r] = d;
+        } else if constexpr (WT == W_IQ2) {
+            int ls = 0;
+            if (ok) {
+                uint32_t a[2];
+                ld_words<2>(bp + 2 + 8 * q, a);
+                // tables: codes at word i·C + c, sign patterns after them (c = copy)
+                const uint8_t *codes = sm + 4 * (tid & (kIq2Copies - 1));
+                const uint8_t *ssp = codes + 1024 * kIq2Copies;
+#pragma unroll
+                for (int k = 0; k < 4; k++) {
+                    const uint32_t oc = ((a[0] >> (8 * k)) & 255u) * (4u * kIq2Copies);
+                    const uint32_t os = ((a[1] >> (7 * k)) & 127u) * (4u * kIq2Copies);
+                    const uint32_t sel = *(const uint32_t *)(codes + oc) | *(const uint32_t *)(ssp + os);
+                    w[2 * k] = prmt(kIq2PosBytes, kIq2NegBytes, sel);
+                    w[2 * k + 1] = prmt(kIq2PosBytes, kIq2NegBytes, sel >> 16);
+                }
+                ls = 2 * (int)(a[1] >> 28) + 1;
+            }
+            wsc[q * kBM + r] = (int8_t)ls;
+            if (q == 0) wd[r] = ok ? f16_bits_to_f32((uint16_t)ld_u16(bp)) : 0.0f;
+        } else if constexpr (WT == W_Q4_K) {
+            // d, dmin, scales[12], qs[128]; sub-block q: nibble (q & 1) of qs[32·(q/2) ..]
+            int sc = 0, m = 0;
+            if (ok) {
+                uint32_t v[8];
+                ld_words<8>(bp + 16 + 32 * (q >> 1), v);
+                const int sh = 4 * (q & 1);
+#pragma unroll
+                for (int i = 0; i < 8; i++) w[i] = (v[i] >> sh) & 0x0F0F0F0Fu;
+                const uint8_t *scb = bp + 4;
+                if (q < 4) {
+                    sc = scb[q] & 63;
+                    m = scb[q + 4] & 63;
+                } else {
+                    sc = (scb[q + 4] & 15) | ((scb[q - 4] >> 6) << 4);
+                    m = (scb[q + 4] >> 4) | ((scb[q] >> 6) << 4);
+                }
+            }
+            wsc[q * kBM + r] = (int8_t)sc;
+            *(uint16_t *)(mins + r * 16 + 2 * q) = (uint16_t)(m * 0x0101);
+            if (q == 0) {
+                wd[r] = ok ? f16_bits_to_f32((uint16_t)ld_u16(bp)) : 0.0f;
+                wd[kBM + r] = ok ? f16_bits_to_f32((uint16_t)ld_u16(bp + 2)) : 0.0f;
+            }
+        } else {  // W_Q2_K: scales[16], qs[64], d, dmin; q = 4h + j covers sub-blocks 2q, 2q+1
+            uint32_t s0 = 0, s1 = 0;
+            if (ok) {
+                uint32_t v[8];
+                ld_words<8>(bp + 16 + 32 * (q >> 2), v);
+                s0 = bp[2 * q];
+                s1 = bp[2 * q + 1];
+                const int sh = 2 * (q & 3);
+#pragma unroll
+                for (int i = 0; i < 8; i++) w[i] = ((v[i] >> sh) & 0x03030303u) * ((i < 4 ? s0 : s1) & 15u);  // <= 45: no carry
+            }
+            *(uint16_t *)(mins + r * 16 + 2 * q) = (uint16_t)((s0 >> 4) | ((s1 >> 4) << 8));
+            if (q == 0) {
+                wd[r] = ok ? f16_bits_to_f32((uint16_t)ld_u16(bp + 80)) : 0.0f;
+                wd[kBM + r] = ok ? f16_bits_to_f32((uint16_t)ld_u16(bp + 82)) : 0.0f;
+            }
+        }
+        st_row32(sm + L::O_WQ + r * 256, r, q, w);
+    }
+}
+
+template <int WT, int NT>
+__device__ __forceinline__ void decode_acts(const Params &P, uint8_t *sm, const uint8_t *const *xrow, int ntok, int s,
+                                            int tid) {
+    using L = Lay<WT, NT>;
+    constexpr int BN = L::BN;
+    const uint64_t soff = (uint64_t)s * L::XSTEP;
+    const int nbk = WT == W_Q8_0 ? min(8, P.nb - 8 * s) : 8;
+    float *dx = (float *)(sm + L::O_DX);
+    uint32_t *xbs = (uint32_t *)(sm + L::O_XBS);
+#pragma unroll 1
+    for (int u = tid; u < BN * 8; u += kThreads) {
+        const int t = (u >> 2) & (BN - 1), q = (u & 3) + 4 * (u / (4 * BN));
+        const bool ok = t < ntok;
+        const uint8_t *bp = sm + L::O_XRAW + t * L::XSLOT;
+        if (ok) bp += (uint32_t)(uintptr_t)(xrow[t] + soff) & 15u;
+        uint32_t w[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+        if constexpr (WT == W_Q8_0) {  // Q8_0 block q: f16 d, 32 quants
+            float d = 0.0f;
+            if (ok && q < nbk) {
+                d = f16_bits_to_f32((uint16_t)ld_u16(bp + 34 * q));
+                ld_words<8>(bp + 34 * q + 2, w);
+            }
+            dx[q * BN + t] = d;
+        } else {  // Q8_K: f32 d, 256 quants (chunk q), 16 int16 sums (word q)
+            uint32_t bs = 0;
+            if (ok) {
+                ld_words<8>(bp + 4 + 32 * q, w);
+                bs = *(const uint32_t *)(bp + 260 + 4 * q);  // 4-byte aligned (checked on the host)
+                if (q == 0) dx[t] = *(const float *)bp;
+            } else if (q == 0) {
+                dx[t] = 0.0f;
+            }
+            xbs[t * 8 + q] = bs;
+        }
+        st_row32(sm + L::O_XQ + t * 256, t, q, w);
+    }
+}
+
+// ---- the tensor-core step ----------------------------------------------------------------
+
+template <int WT, int NT>
+__device__ __forceinline__ void mma_step(const uint8_t *sm, float (&acc)[2][NT][4], int lane, int wm, int wn) {
+    using L = Lay<WT, NT>;
+    constexpr int BN = L::BN;
+    const int g = lane >> 2, tig = lane & 3, x7 = lane & 7;
+    const uint32_t sbase = smem_u32(sm);
+    // ldmatrix row addresses: A (weights) matrices {rows 0-7, 8-15} x {k 0-15, 16-31};
+    // B (activations) {tokens 0-7, 8-15} x {k 0-15, 16-31} (x2: tokens 0-7 only).
+    const int ar = wm * 32 + x7 + 8 * ((lane >> 3) & 1), ahi = lane >> 4;
+    const int bt = wn * 8 * NT + x7 + (NT >= 2 ? 8 * (lane >> 4) : 0), bhi = (lane >> 3) & 1;
+    const uint32_t a_addr = sbase + L::O_WQ + ar * 256, b_addr = sbase + L::O_XQ + bt * 256;
+    int isum[2][NT][4];
+#pragma unroll
+    for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) isum[mt][nt][i] = WT == W_Q2_K ? (int)kMagic : 0;
+
+#pragma unroll 1  // (unrolled, ptxas keeps several steps' fragments live and spills)
+    for (int kk = 0; kk < 8; kk++) {
+        uint32_t a[2][4], b[NT][2];
+#pragma unroll
+        for (int mt = 0; mt < 2; mt++) ldsm_x4(a[mt], a_addr + mt * 16 * 256 + (((2 * kk + ahi) ^ x7) << 4));
+        if constexpr (NT >= 2) {
+#pragma unroll
+            for (int np = 0; np < NT / 2; np++) {
+                uint32_t r[4];
+                ldsm_x4(r, b_addr + np * 16 * 256 + (((2 * kk + bhi) ^ x7) << 4));
+                b[2 * np][0] = r[0];
+                b[2 * np][1] = r[1];
+                b[2 * np + 1][0] = r[2];
+                b[2 * np + 1][1] = r[3];
+            }
+        } else {
+            ldsm_x2(b[0][0], b[0][1], b_addr + (((2 * kk + bhi) ^ x7) << 4));
+        }
+        if constexpr (WT == W_Q8_0) {
+            const float *dw = (const float *)(sm + L::O_WD) + kk * kBM;
+            const float *dxk = (const float *)(sm + L::O_DX) + kk * BN;
+            float rw[2][2];
+            float2 tx[NT];
+#pragma unroll
+            for (int mt = 0; mt < 2; mt++) {
+                rw[mt][0] = dw[wm * 32 + mt * 16 + g];
+                rw[mt][1] = dw[wm * 32 + mt * 16 + g + 8];
+            }
+#pragma unroll
+            for (int nt = 0; nt < NT; nt++) tx[nt] = *(const float2 *)(dxk + wn * 8 * NT + nt * 8 + 2 * tig);
+#pragma unroll
+            for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+                for (int nt = 0; nt < NT; nt++) {
+                    int c[4];
+                    mma_k32(c, a[mt], b[nt][0], b[nt][1], (int)kMagic, (int)kMagic, (int)kMagic, (int)kMagic);
+                    // (float)isum · (dw·dx) as ds4_dot_q, the product fused into the sum
+                    acc[mt][nt][0] = fmaf(__int_as_float(c[0]) - kMagicF, __fmul_rn(rw[mt][0], tx[nt].x), acc[mt][nt][0]);
+                    acc[mt][nt][1] = fmaf(__int_as_float(c[1]) - kMagicF, __fmul_rn(rw[mt][0], tx[nt].y), acc[mt][nt][1]);
+                    acc[mt][nt][2] = fmaf(__int_as_float(c[2]) - kMagicF, __fmul_rn(rw[mt][1], tx[nt].x), acc[mt][nt][2]);
+                    acc[mt][nt][3] = fmaf(__int_as_float(c[3]) - kMagicF, __fmul_rn(rw[mt][1], tx[nt].y), acc[mt][nt][3]);
+                }
+        } else if constexpr (WT == W_Q2_K) {
+#pragma unroll
+            for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+                for (int nt = 0; nt < NT; nt++)
+                    mma_k32(isum[mt][nt], a[mt], b[nt][0], b[nt][1], isum[mt][nt][0], isum[mt][nt][1], isum[mt][nt][2],
+                            isum[mt][nt][3]);
+        } else {  // Q4_K, IQ2_XXS: integer scale per row and 32-element sub-block
+            const int8_t *sck = (const int8_t *)(sm + L::O_WSC) + kk * kBM;
+            int sc[2][2];
+#pragma unroll
+            for (int mt = 0; mt < 2; mt++) {
+                sc[mt][0] = sck[wm * 32 + mt * 16 + g];
+                sc[mt][1] = sck[wm * 32 + mt * 16 + g + 8];
+            }
+#pragma unroll
+            for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+                for (int nt = 0; nt < NT; nt++) {
+                    int c[4];
+                    mma_k32(c, a[mt], b[nt][0], b[nt][1], 0, 0, 0, 0);
+                    isum[mt][nt][0] += sc[mt][0] * c[0];
+                    isum[mt][nt][1] += sc[mt][0] * c[1];
+                    isum[mt][nt][2] += sc[mt][1] * c[2];
+                    isum[mt][nt][3] += sc[mt][1] * c[3];
+                }
+        }
+    }
+    if constexpr (WT == W_Q8_0) return;
+
+    // ---- end of a superblock: min terms, the float term of ds4_dot_q, accumulation ----
+    const float *wd = (const float *)(sm + L::O_WD);
+    const float *dx = (const float *)(sm + L::O_DX);
+    uint32_t am[2][2] = {{0, 0}, {0, 0}};
+    if constexpr (WT == W_Q2_K || WT == W_Q4_K) {
+        const uint8_t *mins = sm + L::O_MINS;
+#pragma unroll
+        for (int mt = 0; mt < 2; mt++) {
+            const int r = wm * 32 + mt * 16 + g;
+            am[mt][0] = *(const uint32_t *)(mins + r * 16 + 4 * tig);
+            am[mt][1] = *(const uint32_t *)(mins + (r + 8) * 16 + 4 * tig);
+        }
+    }
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++) {
+        const float2 tx = *(const float2 *)(dx + wn * 8 * NT + nt * 8 + 2 * tig);
+        uint32_t lo = 0, hi = 0;
+        if constexpr (WT == W_Q2_K || WT == W_Q4_K) {
+            // summs = Σ_j min[row][j]·bsums[tok][j] (Q4_K: min[j] = m_{j/2}), j < 16, with
+            // bsums = 128·hi + lo: hi in [-16, 15], lo in [0, 127] (|bsums| <= 2048).
+            const uint32_t *xbs = (const uint32_t *)(sm + L::O_XBS);
+            const uint2 bs = *(const uint2 *)(xbs + (wn * 8 * NT + nt * 8 + g) * 8 + 2 * tig);
+            lo = prmt(bs.x, bs.y, 0x6420u) & 0x7F7F7F7Fu;
+            hi = prmt(bs.x >> 7, bs.y >> 7, 0x6420u);
+        }
+#pragma unroll
+        for (int mt = 0; mt < 2; mt++) {
+            const int r = wm * 32 + mt * 16 + g;
+            int cs[4] = {0, 0, 0, 0};
+            if constexpr (WT == W_Q2_K || WT == W_Q4_K) {
+                int ch[4];
+                mma_k16(ch, am[mt][0], am[mt][1], hi, 0, 0, 0, 0);
+                mma_k16(cs, am[mt][0], am[mt][1], lo, ch[0] * 128 + (int)kMagic, ch[1] * 128 + (int)kMagic,
+                        ch[2] * 128 + (int)kMagic, ch[3] * 128 + (int)kMagic);
+            }
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                const float xd = (i & 1) ? tx.y : tx.x;
+                const float dw = wd[r + 8 * (i >> 1)];
+                float term;
+                if constexpr (WT == W_IQ2) {
+                    // d = f16(w.d)·x.d; d·(float)bsum·0.125f
+                    const float d = __fmul_rn(dw, xd);
+                    term = __fmul_rn(__fmul_rn(d, __int2float_rn(isum[mt][nt][i])), 0.125f);
+                } else {
+                    // dall·(float)isum − dmin·(float)summs, dall = x.d·d, dmin = x.d·dmin
+                    const float isf = WT == W_Q2_K ? __int_as_float(isum[mt][nt][i]) - kMagicF : __int2float_rn(isum[mt][nt][i]);
+                    const float smf = __int_as_float(cs[i]) - kMagicF;  // |summs| < 2^22
+                    const float dall = __fmul_rn(xd, dw), dmn = __fmul_rn(xd, wd[kBM + r + 8 * (i >> 1)]);
+                    term = __fsub_rn(__fmul_rn(dall, isf), __fmul_rn(dmn, smf));
+                }
+                acc[mt][nt][i] = __fadd_rn(acc[mt][nt][i], term);
+            }
+        }
+    }
+}
+
+// ---- the kernel ----------------------------------------------------------------------------
+
+template <int WT, int NT>
+__global__ void __launch_bounds__(kThreads, 2) mmq_kernel(const __grid_constant__ Params P) {
+    using L = Lay<WT, NT>;
+    constexpr int BN = L::BN;
+    extern __shared__ __align__(16) uint8_t sm[];
+    __shared__ const uint8_t *s_xrow[BN];
+    __shared__ int s_warp[kThreads / 32];
+    __shared__ int s_p, s_j;
+    __shared__ const uint8_t *s_wbase;  // block-uniform tile data, re-read after barriers
+    __shared__ int s_nrow, s_ntok;      // instead of held in registers across the k loop
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+
+    // Raster: groups of kRaster row tiles; inside a group the row tile varies fastest.
+    const uint32_t per_grp = (uint32_t)kRaster * (uint32_t)P.n_tt;
+    const uint32_t grp = blockIdx.x / per_grp, rem = blockIdx.x - grp * per_grp;
+    const uint32_t rg = min((uint32_t)kRaster, (uint32_t)P.n_rt - grp * kRaster);
+    const int tt = (int)(rem / rg), rt = (int)(grp * kRaster + rem % rg);
+    const int row0 = rt * kBM, nrow = min(kBM, P.n - row0);
+
+    if constexpr (WT == W_IQ2) {  // decode tables: word i·C + c holds entry i (copy c)
+        uint32_t *tab = (uint32_t *)sm;
+        for (int i = tid; i < 384 * kIq2Copies; i += kThreads) {
+            const int e = i / kIq2Copies;
+            tab[i] = e < 256 ? P.codes[e] : P.ssp[e - 256];
+        }
+    }
+
+    const uint8_t *wbase;
+    int tok0, ntok;
+    if (!P.grouped) {
+        // matrix 0: the first weight step can be in flight before the previous kernel ends
+        wbase = P.w + (uint64_t)row0 * P.row_bytes;
+        tok0 = tt * BN;
+        ntok = min(BN, P.n_rows - tok0);
+        stage_rows<L::WSLOT>(sm + L::O_WRAW, nullptr, wbase, P.row_bytes, nrow, 0, step_bytes<WT>(P, 0, L::WSTEP), tid);
+        pdl_wait();
+        pdl_trigger();
+    } else {
+        pdl_wait();  // off / mat / x_idx are written by earlier kernels
+        pdl_trigger();
+        // (problem, tile) of token tile tt: tiles are numbered problem by problem,
+        // ceil(count/BN) each; a block-wide prefix sum over off[], 256 problems a pass.
+        if (tid == 0) s_p = -1;
+        int carry = 0;
+        for (int base = 0; base < P.n_prob; base += kThreads) {
+            const int q = base + tid;
+            const int c = q < P.n_prob ? P.off[q + 1] - P.off[q] : 0;
+            const int tiles = c > 0 ? (c + BN - 1) / BN : 0;
+            int v = tiles;
+#pragma unroll
+            for (int o = 1; o < 32; o <<= 1) {
+                const int t = __shfl_up_sync(0xffffffffu, v, o);
+                if (lane >= o) v += t;
+            }
+            if (lane == 31) s_warp[warp] = v;
+            __syncthreads();
+            int pre = 0, tot = 0;
+#pragma unroll
+            for (int w2 = 0; w2 < kThreads / 32; w2++) {
+                const int x = s_warp[w2];
+                pre += w2 < warp ? x : 0;
+                tot += x;
+            }
+            const int incl = carry + pre + v, excl = incl - tiles;
+            if (tiles > 0 && tt >= excl && tt < incl) {
+                s_p = q;
+                s_j = tt - excl;
+            }
+            carry += tot;
+            __syncthreads();
+            if (carry > tt) break;  // block-uniform
+        }
+        const int p = s_p;
+        if (p < 0) return;  // past the last tile (block-uniform)
+        const int start = P.off[p];
+        tok0 = start + s_j * BN;
+        ntok = min(BN, P.off[p + 1] - tok0);
+        if (start < 0 || tok0 >= P.max_rows) return;  // off[] beyond the host's bound
+        ntok = min(ntok, P.max_rows - tok0);
+        const int m = P.mat ? P.mat[p] : p;
+        if (m < 0 || m >= P.n_mats) {
+            for (int i = tid; i < ntok * nrow; i += kThreads) {
+                const int t = i / nrow, r = i - t * nrow;
+                P.y[(int64_t)(tok0 + t) * P.ys + row0 + r] = __int_as_float(0x7fc00000);
+            }
+            return;
+        }
+        wbase = P.w + (uint64_t)m * P.mat_stride + (uint64_t)row0 * P.row_bytes;
+    }
+    for (int t = tid; t < ntok; t += kThreads) {
+        const int i = tok0 + t;
+        const int xi = P.x_idx ? P.x_idx[i] : i;
+        s_xrow[t] = P.x + (uint64_t)(int64_t)xi * P.x_stride;
+    }
+    if (tid == 0) {
+        s_wbase = wbase;
+        s_nrow = nrow;
+        s_ntok = ntok;
+    }
+    __syncthreads();
+    if (P.grouped)
+        stage_rows<L::WSLOT>(sm + L::O_WRAW, nullptr, wbase, P.row_bytes, nrow, 0, step_bytes<WT>(P, 0, L::WSTEP), tid);
+    stage_rows<L::XSLOT>(sm + L::O_XRAW, s_xrow, nullptr, 0, ntok, 0, step_bytes<WT>(P, 0, L::XSTEP), tid);
+    cp_async_commit();
+
+    const int wm = warp & 3, wn = warp >> 2;
+    float acc[2][NT][4];
+#pragma unroll
+    for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) acc[mt][nt][i] = 0.0f;
+
+#pragma unroll 1
+    for (int s = 0; s < P.nks; s++) {
+        cp_async_wait<0>();
+        __syncthreads();  // step s landed; every warp is done with step s-1's tiles
+        decode_weights<WT, NT>(P, sm, s_wbase, s_nrow, s, tid);
+        decode_acts<WT, NT>(P, sm, s_xrow, s_ntok, s, tid);
+        __syncthreads();  // tiles ready; the raw buffers are free again
+        if (s + 1 < P.nks) {
+            const uint64_t wo = (uint64_t)(s + 1) * L::WSTEP, xo = (uint64_t)(s + 1) * L::XSTEP;
+            stage_rows<L::WSLOT>(sm + L::O_WRAW, nullptr, s_wbase, P.row_bytes, s_nrow, wo,
+                                 step_bytes<WT>(P, s + 1, L::WSTEP), tid);
+            stage_rows<L::XSLOT>(sm + L::O_XRAW, s_xrow, nullptr, 0, s_ntok, xo, step_bytes<WT>(P, s + 1, L::XSTEP), tid);
+        }
+        cp_async_commit();
+        mma_step<WT, NT>(sm, acc, lane, wm, wn);
+    }
+    cp_async_wait<0>();
+
+    const int g = lane >> 2, tig = lane & 3;
+#pragma unroll
+    for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                const int r = wm * 32 + mt * 16 + g + 8 * (i >> 1);
+                const int t = wn * 8 * NT + nt * 8 + 2 * tig + (i & 1);
+                if (r < nrow && t < ntok) P.y[(int64_t)(tok0 + t) * P.ys + row0 + r] = acc[mt][nt][i];
+            }
+}
+
+// ---- host side -------------------------------------------------------------------------------
+
+typedef void (*KernelFn)(Params);
+
+template <int WT>
+KernelFn pick_nt(int nt, int *smem) {
+    switch (nt) {
+    case 1: *smem = Lay<WT, 1>::BYTES; return mmq_kernel<WT, 1>;
+    case 2: *smem = Lay<WT, 2>::BYTES; return mmq_kernel<WT, 2>;
+    default: *smem = Lay<WT, 4>::BYTES; return mmq_kernel<WT, 4>;
+    }
+}
+
+KernelFn pick_kernel(int wt, int nt, int *smem) {
+    switch (wt) {
+    case W_Q8_0: return pick_nt<W_Q8_0>(nt, smem);
+    case W_Q2_K: return pick_nt<W_Q2_K>(nt, smem);
+    case W_Q4_K: return pick_nt<W_Q4_K>(nt, smem);
+    default: return pick_nt<W_IQ2>(nt, smem);
+    }
+}
+
+int wtype_of(uint32_t type) {
+    switch (type) {
+    case DS4_TYPE_Q8_0: return W_Q8_0;
+    case DS4_TYPE_Q2_K: return W_Q2_K;
+    case DS4_TYPE_Q4_K: return W_Q4_K;
+    case DS4_TYPE_IQ2_XXS: return W_IQ2;
+    default: return -1;
+    }
+}
+
+std::mutex g_mu;
+
+// IQ2_XXS decode tables derived from src/model/iq2_tables.c (never retyped): grid bytes
+// {8, 25, 43} as codes {0, 1, 2} in nibble j, sign bit j as bit 2 of nibble j, so that one
+// prmt over the byte table {8, 25, 43, 0, -8, -25, -43, 0} yields four signed weights.
+// They travel in the kernel parameters (no constant-memory upload: capture-safe).
+struct Iq2Host {
+    bool init, ok;
+    uint32_t codes[256], ssp[128];
+};
+Iq2Host g_iq2;
+
+const Iq2Host *iq2_tables_host() {
+    std::lock_guard<std::mutex> lk(g_mu);
+    if (!g_iq2.init) {
+        g_iq2.ok = true;
+        for (int i = 0; i < 256; i++) {
+            g_iq2.codes[i] = 0;
+            for (int j = 0; j < 8; j++) {
+                const unsigned m = (unsigned)(ds4_iq2xxs_grid[i] >> (8 * j)) & 255u;
+                const unsigned code = m == 8 ? 0 : m == 25 ? 1 : m == 43 ? 2 : 3;
+                if (code == 3) g_iq2.ok = false;
+                g_iq2.codes[i] |= code << (4 * j);
+            }
+        }
+        for (int i = 0; i < 128; i++) {
+            g_iq2.ssp[i] = 0;
+            for (int j = 0; j < 8; j++)
+                if ((ds4_iq2_ksigns[i] >> j) & 1) g_iq2.ssp[i] |= 4u << (4 * j);
+        }
+        g_iq2.init = true;
+    }
+    return &g_iq2;
+}
+
+// The dynamic shared-memory limit is raised once per (kernel, device).
+struct AttrEntry {
+    KernelFn fn;
+    int dev;
+};
+constexpr int kAttrCache = 64;
+AttrEntry g_attr[kAttrCache];
+int g_attr_n;
+
+int prepare_kernel(KernelFn fn, int smem, char *err, size_t errlen) {
+    int dev = 0;
+    DS4_CUDA_TRY(cudaGetDevice(&dev));
+    std::lock_guard<std::mutex> lk(g_mu);
+    for (int i = 0; i < g_attr_n; i++)
+        if (g_attr[i].fn == fn && g_attr[i].dev == dev) return 0;
+    int optin = 0;
+    DS4_CUDA_TRY(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+    cudaFuncAttributes fa;
+    DS4_CUDA_TRY(cudaFuncGetAttributes(&fa, (const void *)fn));
+    if (smem + (int)fa.sharedSizeBytes > optin)
+        return ds4_err(err, errlen, DS4_ERR_UNSUPPORTED, "mmq: %d bytes of shared memory per block (device max %d)",
+                       smem + (int)fa.sharedSizeBytes, optin);
+    DS4_CUDA_TRY(cudaFuncSetAttribute((const void *)fn, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    if (g_attr_n < kAttrCache) g_attr[g_attr_n++] = AttrEntry{fn, dev};
+    return 0;
+}
+
+// Activation rows per tile: 64 when problems are large enough to fill them, else smaller
+// (results are bit-identical for every choice). DS4_MMQ_BN=16|32|64 forces one (tests,
+// benchmarks).
+int pick_nt(int64_t rows_per_problem) {
+    const char *e = getenv("DS4_MMQ_BN");
+    if (e) {
+        const int v = atoi(e);
+        if (v == 16 || v == 32 || v == 64) return v / 16;
+    }
+    return rows_per_problem >= 48 ? 4 : rows_per_problem >= 20 ? 2 : 1;
+}
+
+}  // namespace
+
+extern "C" int ds4_cuda_mmq_supported(uint32_t type, int64_t k) {
+    const int wt = wtype_of(type);
+    if (wt < 0 || k < 1 || k > (1 << 24)) return 0;
+    return k % (wt == W_Q8_0 ? 32 : 256) == 0;
+}
+
+extern "C" int ds4_cuda_mmq(const ds4_cuda_qmat *w, const void *xq, uint64_t xq_stride, const ds4_cuda_mmq_groups *groups,
+                            int n_rows, float *y, int64_t ys, struct CUstream_st *stream, char *err, size_t errlen) {
+    if (!w) return ds4_err(err, errlen, DS4_ERR_ARG, "mmq: NULL weight descriptor");
+    const int wt = wtype_of(w->type);
+    if (wt < 0 || !ds4_cuda_mmq_supported(w->type, w->k))
+        return ds4_err(err, errlen, DS4_ERR_UNSUPPORTED, "mmq: %s with k=%lld not supported", ds4_type_name(w->type),
+                       (long long)w->k);
+    if (w->n < 1 || w->n > INT32_MAX - kBM)
+        return ds4_err(err, errlen, DS4_ERR_ARG, "mmq: bad row count n=%lld", (long long)w->n);
+    if (!w->data || (uintptr_t)w->data % 2)
+        return ds4_err(err, errlen, DS4_ERR_ARG, "mmq: weight data NULL or not 2-byte aligned");
+    const uint64_t rb = ds4_type_get(w->type)->block_bytes * (uint64_t)(w->k / ds4_type_get(w->type)->block_elems);
+    if (w->n_mats < 1) return ds4_err(err, errlen, DS4_ERR_ARG, "mmq: n_mats %d < 1", (int)w->n_mats);
+    if (w->n_mats > 1 && (w->mat_stride < (uint64_t)w->n * rb || w->mat_stride % 2))
+        return ds4_err(err, errlen, DS4_ERR_ARG, "mmq: mat_stride %llu < n*row_bytes or odd", (unsigned long long)w->mat_stride);
+    const uint32_t at = ds4_vec_dot_type(w->type);
+    uint64_t arb = 0;
+    if (!ds4_type_row_bytes(at, (uint64_t)w->k, &arb)) return ds4_err(err, errlen, DS4_ERR_ARG, "mmq: bad k");
+    const unsigned xa = at == DS4_TYPE_Q8_K ? 4u : 2u;  // natural alignment of the blocks' fields
+    if (!xq || (uintptr_t)xq % xa || xq_stride % xa)
+        return ds4_err(err, errlen, DS4_ERR_ARG, "mmq: activations NULL or not %u-byte aligned", xa);
+    if (xq_stride != 0 && xq_stride < arb)
+        return ds4_err(err, errlen, DS4_ERR_ARG, "mmq: xq_stride %llu < row bytes %llu", (unsigned long long)xq_stride,
+                       (unsigned long long)arb);
+    if (!y || (uintptr_t)y % 4 || ys < w->n)
+        return ds4_err(err, errlen, DS4_ERR_ARG, "mmq: y NULL, misaligned, or ys %lld < n %lld", (long long)ys,
+                       (long long)w->n);
+    int64_t per_prob;
+    if (groups) {
+        if (!groups->off || groups->n_prob < 1 || groups->max_rows < 0)
+            return ds4_err(err, errlen, DS4_ERR_ARG, "mmq: groups need off, n_prob >= 1 and max_rows >= 0");
+        if (groups->max_rows == 0) return 0;
+        per_prob = groups->max_rows / groups->n_prob;
+    } else {
+        if (n_rows < 0) return ds4_err(err, errlen, DS4_ERR_ARG, "mmq: n_rows %d < 0", n_rows);
+        if (n_rows == 0) return 0;
+        per_prob = n_rows;
+    }
+
+    const int nt = pick_nt(per_prob), bn = 16 * nt;
+    int smem = 0;
+    const KernelFn fn = pick_kernel(wt, nt, &smem);
+    Params P;
+    memset(&P, 0, sizeof P);
+    if (wt == W_IQ2) {
+        const Iq2Host *t = iq2_tables_host();
+        if (!t->ok) return ds4_err(err, errlen, DS4_ERR_FORMAT, "mmq: IQ2_XXS grid holds a value outside {8, 25, 43}");
+        memcpy(P.codes, t->codes, sizeof P.codes);
+        memcpy(P.ssp, t->ssp, sizeof P.ssp);
+    }
+    P.w = (const uint8_t *)w->data;
+    P.mat_stride = w->n_mats > 1 ? w->mat_stride : 0;
+    P.row_bytes = rb;
+    P.x = (const uint8_t *)xq;
+    P.x_stride = xq_stride;
+    P.y = y;
+    P.ys = ys;
+    P.n = (int)w->n;
+    P.n_mats = w->n_mats;
+    P.nb = (int)(w->k / ds4_type_get(w->type)->block_elems);
+    P.nks = wt == W_Q8_0 ? (P.nb + 7) / 8 : P.nb;
+    P.n_rt = (int)((w->n + kBM - 1) / kBM);
+    int64_t n_tt;
+    if (groups) {
+        P.grouped = 1;
+        P.off = groups->off;
+        P.mat = groups->mat;
+        P.x_idx = groups->x_idx;
+        P.n_prob = groups->n_prob;
+        P.max_rows = groups->max_rows;
+        n_tt = (int64_t)groups->max_rows / bn + groups->n_prob;  // >= Σ ceil(count/BN)
+    } else {
+        P.n_rows = n_rows;
+        n_tt = (n_rows + bn - 1) / bn;
+    }
+    const int64_t blocks = (int64_t)P.n_rt * n_tt;
+    if (n_tt > (INT32_MAX / kRaster) || blocks > INT32_MAX)
+        return ds4_err(err, errlen, DS4_ERR_UNSUPPORTED, "mmq: %lld blocks in one launch", (long long)blocks);
+    P.n_tt = (int)n_tt;
+    int rc = prepare_kernel(fn, smem, err, errlen);
+    if (rc) return rc;
+    DS4_CUDA_TRY(ds4cu::launch(fn, dim3((unsigned)blocks), dim3(kThreads), (size_t)smem, (cudaStream_t)stream, P));
+    return 0;
 }
