@@ -99,13 +99,14 @@ static void run(ds4_backend *C, ds4_backend *G, const char *mode) {
         drop(x);
         drop(y);
     }
-    // get_rows
-    {
-        int32_t ids[3] = {5, 0, 39};
-        Pair y = put(C, G, std::vector<float>(3 * 512, 0.f));
-        C->get_rows(C, &g_t[8], ids, 3, y.c);
-        G->get_rows(G, &g_t[8], ids, 3, y.g);
-        snprintf(name, sizeof name, "%s get_rows f16", mode);
+    // get_rows: F16 / F32 / Q8_0 gathered on the device, Q2_K through the host path
+    for (const char *wn : {"emb", "f32", "q8", "q2k"}) {
+        const ds4_tensor *E = wt(wn);
+        int32_t ids[3] = {5, 0, (int32_t)E->ne[1] - 1};
+        Pair y = put(C, G, std::vector<float>(3 * E->ne[0], 0.f));
+        C->get_rows(C, E, ids, 3, y.c);
+        G->get_rows(G, E, ids, 3, y.g);
+        snprintf(name, sizeof name, "%s get_rows %s", mode, wn);
         check(name, y, 0);
         drop(y);
     }
