@@ -119,7 +119,7 @@ cuda:
 CUDA_REF_OBJ = $(call obj,src/core/common.c src/model/ggml_type.c $(wildcard src/model/quant*.c) src/model/iq2_tables.c)
 $(B)/cuda-test-matvec: $(B)/tests/cuda/test_matvec.cu.o $(B)/src/backend/cuda/matvec.cu.o $(CUDA_REF_OBJ)
 	$(NVCC) -arch=$(CUDA_ARCH) -o $@ $^ -lm -lpthread
-$(B)/cuda-test-mmq: $(B)/tests/cuda/test_mmq.cu.o $(B)/src/backend/cuda/mmq.cu.o $(B)/src/backend/cuda/matvec.cu.o $(CUDA_REF_OBJ)
+$(B)/cuda-test-mmq: $(B)/tests/cuda/test_mmq.cu.o $(B)/src/backend/cuda/mmq.cu.o $(B)/src/backend/cuda/mmf16.cu.o $(B)/src/backend/cuda/matvec.cu.o $(CUDA_REF_OBJ)
 	$(NVCC) -arch=$(CUDA_ARCH) -o $@ $^ -lm -lpthread
 $(B)/cuda-matvec-bench: $(B)/bench/cuda_matvec_bench.cu.o $(B)/src/backend/cuda/matvec.cu.o $(CUDA_REF_OBJ)
 	$(NVCC) -arch=$(CUDA_ARCH) -o $@ $^ -lm -lpthread

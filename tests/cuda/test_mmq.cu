@@ -1,6 +1,7 @@
 // test_mmq.cu — the tensor-core quantized GEMM (src/backend/cuda/mmq.cu) against the CPU
-// reference (src/model/quant.c: ds4_quantize_row, ds4_quantize_act_row, ds4_dot_q), and
-// its benchmark (`cuda-test-mmq --bench`: time and TOPS at the Flash shapes).
+// reference (src/model/quant.c: ds4_quantize_row, ds4_quantize_act_row, ds4_dot_q), the
+// F16 x f32 GEMM (mmf16.cu) against an f64 dot (test_f16), and their benchmark
+// (`cuda-test-mmq --bench`: time and TOPS / TFLOP/s at the Flash shapes).
 //
 // Owns: `build/cuda-test-mmq` (needs a GPU; this box only compiles it). Must not take an
 // expected value from the GPU: every expected value is ds4_dot_q on the same blocks; the
@@ -570,6 +571,295 @@ static void test_flash_grouped() {
     run_case(o);
 }
 
+// ---- F16 weights x f32 activations (mmf16.cu) ------------------------------------------------
+// Expected value: the f64 dot of the f16 weights (ds4_f16_to_f32: exact) and the f32 x (its
+// own error, k·2^-53 relative, is negligible). Per output, with S = ceil(k/64) steps, m_s the
+// largest finite |x| of step s and U = Σ_s m_s·Σ_{c in s}|w_c|:
+//   tol = B·Σ|w·x| + 2^-39·U + (S + 2)·2^-149·(1 + Σ|w|)
+// The U term is the split's underflow (lo below the f16 normal range: 2^-25 at the step
+// scale 2^e >= 2^14/m_s), the last term the subnormal roundings of results near 2^-126.
+// B (the relative part): the split itself is 2^-22 per element; the rest is rounding in
+// the sums (8 tensor-core mmas per step, then one f32 fma per step). For mixed-sign data
+// those roundings act on partial sums far below Σ|w·x| and have random signs, so the
+// B = 2^-20 holds with a wide margin (measured margins are printed as log2 of
+// max |err|/Σ|w·x|), while dropping lo (2^-12 per element, ~2^-19 at k = 4096, 2^-14 at
+// k = 8) or a wrong scale / index breaks it. Same-sign data is the worst case of
+// truncating adds: there B is mmf16.cu's model bound 9·2^-22 + S·2^-24 (each mma's adds
+// within 2^-22 of the magnitudes summed, as published for sm_80/sm_90 tensor cores).
+// Non-finite inputs: NaN where the f64 dot is NaN, the same infinity where it is ±Inf.
+enum F16Data { F16_GAUSS = 0, F16_SCALES, F16_NONFINITE, F16_POSITIVE };
+
+struct F16Case {
+    const char *name;
+    int64_t n, k;
+    int T;
+    int64_t xs = 0, ys = 0;  // 0: k, n
+    int x_shift = 0;         // floats: x at +x_shift (not 16-byte aligned: scalar loads)
+    int sample = 0;          // > 0: edges + this many random (row, output) pairs
+    F16Data data = F16_GAUSS;
+};
+
+struct F16Host {
+    std::vector<uint16_t> w;  // [n][k]
+    std::vector<float> x;     // x_shift + [T][xs], padding NaN
+};
+
+static float f16_weight(bool positive) {
+    const int u = rng_int(1024);
+    double v = rng_normal() * 0.05;
+    if (u < 4) v = 0.0;
+    else if (u < 8) v = ldexp((double)(1 + rng_int(1023)), -24);           // f16 subnormals
+    else if (u < 10) v = (1.0 + 7.0 * rng_uniform()) * (rng_u64() & 1 ? -1 : 1);
+    if (positive) v = fabs(v) + 1e-3;
+    return ds4_f16_to_f32(ds4_f32_to_f16((float)v));
+}
+
+static F16Host f16_make(const F16Case &C) {
+    F16Host H;
+    const int64_t xs = C.xs ? C.xs : C.k;
+    H.w.resize((size_t)(C.n * C.k));
+    for (auto &h : H.w) h = ds4_f32_to_f16(f16_weight(C.data == F16_POSITIVE));
+    H.x.assign((size_t)(C.x_shift + (int64_t)C.T * xs + 4), NAN);  // padding NaN: a stray read shows
+    const int64_t cinf = C.k / 2;
+    if (C.data == F16_NONFINITE)  // zero weights under the infinity: 0·Inf rows (r % 3 == 0) give NaN
+        for (int64_t r = 0; r < C.n; r += 3) H.w[(size_t)(r * C.k + cinf)] = 0;
+    for (int t = 0; t < C.T; t++) {
+        float *row = H.x.data() + C.x_shift + (size_t)t * xs;
+        const double rs = ldexp(1.0, rng_int(41) - 20);  // row scales 2^-20 .. 2^20
+        const int kind = C.data == F16_SCALES ? t % 7 : C.data == F16_NONFINITE ? t % 5 : 0;
+        for (int64_t c = 0; c < C.k; c++) {
+            double v = rng_normal();
+            if (C.data == F16_POSITIVE) v = fabs(v) + 0.01;
+            if (C.data == F16_SCALES) {
+                switch (kind) {
+                case 1: v *= 1e30; break;
+                case 2: v *= 1e-30; break;
+                case 3: v = 0.0; break;
+                case 4: v *= 1e-41; break;                                          // f32 subnormals
+                case 5: v = (c % 64 == 17) ? 1e25 * v : v; break;                   // a spike per step
+                case 6: v = ldexp(v, (int)((c / 64) % 20) * 6 - 60); break;          // steps 2^-60 .. 2^54
+                default: v *= rs; break;
+                }
+            } else {
+                v *= rs;
+            }
+            row[c] = (float)v;
+        }
+        if (kind == 1 && C.data == F16_NONFINITE) row[rng_int((int)C.k)] = NAN;
+        if (kind == 2 && C.data == F16_NONFINITE) row[cinf] = INFINITY;
+        if (kind == 3 && C.data == F16_NONFINITE) row[cinf] = INFINITY, row[(cinf + 5) % C.k] = -INFINITY;
+        if (kind == 4 && C.data == F16_NONFINITE) row[cinf] = -INFINITY;
+    }
+    return H;
+}
+
+// f64 dot and tolerance of one output (see above).
+static void f16_ref(const uint16_t *w, const float *x, int64_t k, bool worst, double *ref, double *tol, double *sabs) {
+    double s = 0, sa = 0, sw = 0, U = 0;
+    const int64_t S = (k + 63) / 64;
+    for (int64_t b = 0; b < S; b++) {
+        double m = 0, swb = 0;
+        for (int64_t c = b * 64; c < k && c < b * 64 + 64; c++) {
+            const double wv = ds4_f16_to_f32(w[c]), xv = x[c];
+            s += wv * xv;
+            sa += fabs(wv * xv);
+            swb += fabs(wv);
+            if (isfinite(xv) && fabs(xv) > m) m = fabs(xv);
+        }
+        sw += swb;
+        U += m * swb;
+    }
+    const double B = worst ? 9 * ldexp(1.0, -22) + (double)S * ldexp(1.0, -24) : ldexp(1.0, -20);
+    *ref = s;
+    *tol = B * sa + ldexp(1.0, -39) * U + (double)(S + 2) * ldexp(1.0, -149) * (1 + sw);
+    *sabs = sa;
+}
+
+struct F16Run {
+    std::vector<float> y;  // [T][ys]
+    bool ok = false;
+};
+
+// One launch on (H, C); cfg "42" etc. forces the tile (nullptr: automatic).
+static F16Run f16_launch(const F16Case &C, const F16Host &H, const char *cfg, int rows_from = 0, int n_rows = -1) {
+    F16Run R;
+    const int64_t xs = C.xs ? C.xs : C.k, ys = C.ys ? C.ys : C.n;
+    if (n_rows < 0) n_rows = C.T;
+    DBuf dW(H.w.size() * 2 + 16), dX(H.x.size() * 4), dY((size_t)C.T * ys * 4 + 4);
+    up(dW, 0, H.w.data(), H.w.size() * 2);
+    up(dX, 0, H.x.data(), H.x.size() * 4);
+    CUDA_CHECK(cudaMemset(dY.p, 0xFF, dY.n));
+    ds4_cuda_qmat q = {DS4_TYPE_F16, dW.p, C.n, C.k, 0, 1};
+    if (cfg) setenv("DS4_MMF16_CFG", cfg, 1);
+    char err[256] = "";
+    const float *x = (const float *)dX.p + C.x_shift + (size_t)rows_from * xs;
+    const int rc = ds4_cuda_mmf16(&q, x, xs, n_rows, (float *)dY.p + (size_t)rows_from * ys, ys, nullptr, err, sizeof err);
+    if (cfg) unsetenv("DS4_MMF16_CFG");
+    if (rc) {
+        report(false, "%s: mmf16 failed (%d): %s", C.name, rc, err);
+        return R;
+    }
+    CUDA_CHECK(cudaDeviceSynchronize());
+    R.y.resize((size_t)C.T * ys);
+    CUDA_CHECK(cudaMemcpy(R.y.data(), dY.p, R.y.size() * 4, cudaMemcpyDeviceToHost));
+    R.ok = true;
+    return R;
+}
+
+static void f16_case(const F16Case &C) {
+    const F16Host H = f16_make(C);
+    const F16Run R = f16_launch(C, H, nullptr);
+    if (!R.ok) return;
+    const int64_t xs = C.xs ? C.xs : C.k, ys = C.ys ? C.ys : C.n;
+    std::vector<std::pair<int, int64_t>> pairs;
+    if (C.sample == 0) {
+        for (int t = 0; t < C.T; t++)
+            for (int64_t r = 0; r < C.n; r++) pairs.push_back({t, r});
+    } else {
+        for (int t : {0, C.T - 1, rng_int(C.T)})
+            for (int64_t r = 0; r < C.n; r++) pairs.push_back({t, r});
+        for (int64_t r : {(int64_t)0, C.n - 1, (int64_t)rng_int((int)C.n)})
+            for (int t = 0; t < C.T; t++) pairs.push_back({t, r});
+        for (int s = 0; s < C.sample; s++) pairs.push_back({rng_int(C.T), (int64_t)rng_int((int)C.n)});
+    }
+    int64_t bad = 0, nonfinite = 0;
+    double worst = 0, worst_rel = 0;
+    char first[220] = "";
+    for (const auto &pr : pairs) {
+        const int t = pr.first;
+        const int64_t r = pr.second;
+        const float gv = R.y[(size_t)t * ys + r];
+        double ref, tol, sa;
+        const float *xr = H.x.data() + C.x_shift + (size_t)t * xs;
+        f16_ref(H.w.data() + (size_t)(r * C.k), xr, C.k, C.data == F16_POSITIVE, &ref, &tol, &sa);
+        bool ok;
+        if (isnan(ref) || isinf(ref)) {
+            ok = isnan(ref) ? isnan(gv) : (double)gv == ref;
+            nonfinite++;
+        } else {
+            const double e = fabs((double)gv - ref);
+            ok = e <= tol;
+            if (ok && tol > 0 && e / tol > worst) worst = e / tol;
+            if (sa > 0 && e / sa > worst_rel) worst_rel = e / sa;
+        }
+        if (!ok && bad++ == 0)
+            snprintf(first, sizeof first, " first: token %d out %lld: gpu %.9g ref %.9g tol %.3g", t, (long long)r, gv, ref, tol);
+    }
+    int64_t touched = 0;  // padding columns ys > n keep the poison
+    for (int t = 0; t < C.T; t++)
+        for (int64_t r = C.n; r < ys; r++) touched += !is_poison(R.y[(size_t)t * ys + r]);
+    report(bad == 0 && touched == 0, "F16 %-40s n=%-5lld k=%-5lld T=%-5d checked=%zu worst=%.3f of tol, log2 max|err|/S|wx|=%.1f%s%s%s",
+           C.name, (long long)C.n, (long long)C.k, C.T, pairs.size(), worst, worst_rel > 0 ? log2(worst_rel) : -INFINITY,
+           nonfinite ? " (non-finite outputs match)" : "", touched ? " PADDING WRITTEN" : "", first);
+}
+
+static F16Case f16c(const char *name, int64_t n, int64_t k, int T, int sample = 0, F16Data d = F16_GAUSS) {
+    F16Case C;
+    C.name = name;
+    C.n = n;
+    C.k = k;
+    C.T = T;
+    C.sample = sample;
+    C.data = d;
+    return C;
+}
+
+static void test_f16_api() {
+    bool ok = ds4_cuda_mmf16_supported(8) && ds4_cuda_mmf16_supported(4096) && ds4_cuda_mmf16_supported(136) &&
+              !ds4_cuda_mmf16_supported(12) && !ds4_cuda_mmf16_supported(0) && !ds4_cuda_mmf16_supported(4);
+    report(ok, "F16 supported(): k a positive multiple of 8");
+    DBuf w(4096), x(4096), y(4096);
+    ds4_cuda_qmat q = {DS4_TYPE_F16, w.p, 4, 64, 0, 1};
+    char err[256];
+    const float *xf = (const float *)x.p;
+    float *yf = (float *)y.p;
+    const int rc0 = ds4_cuda_mmf16(nullptr, xf, 64, 1, yf, 4, nullptr, err, sizeof err);
+    ds4_cuda_qmat q8 = q;
+    q8.type = DS4_TYPE_Q8_0;
+    const int rc1 = ds4_cuda_mmf16(&q8, xf, 64, 1, yf, 4, nullptr, err, sizeof err);                 // not F16
+    ds4_cuda_qmat qm = q;
+    qm.data = w.b() + 8;
+    const int rc2 = ds4_cuda_mmf16(&qm, xf, 64, 1, yf, 4, nullptr, err, sizeof err);                 // w misaligned
+    const int rc3 = ds4_cuda_mmf16(&q, (const float *)(x.b() + 2), 64, 1, yf, 4, nullptr, err, sizeof err);  // x misaligned
+    const int rc4 = ds4_cuda_mmf16(&q, xf, 64, 2, yf, 3, nullptr, err, sizeof err);                  // ys < n
+    const int rc5 = ds4_cuda_mmf16(&q, xf, -1, 2, yf, 4, nullptr, err, sizeof err);                  // xs < 0
+    ds4_cuda_qmat qk = q;
+    qk.k = 60;
+    const int rc6 = ds4_cuda_mmf16(&qk, xf, 64, 1, yf, 4, nullptr, err, sizeof err);                 // k % 8
+    CUDA_CHECK(cudaMemset(y.p, 0xFF, 16));
+    const int rc7 = ds4_cuda_mmf16(&q, xf, 64, 0, yf, 4, nullptr, err, sizeof err);                  // nothing to do
+    CUDA_CHECK(cudaDeviceSynchronize());
+    float yv[4];
+    CUDA_CHECK(cudaMemcpy(yv, y.p, 16, cudaMemcpyDeviceToHost));
+    ok = rc0 == DS4_ERR_ARG && rc1 == DS4_ERR_UNSUPPORTED && rc2 == DS4_ERR_UNSUPPORTED && rc3 == DS4_ERR_ARG &&
+         rc4 == DS4_ERR_ARG && rc5 == DS4_ERR_ARG && rc6 == DS4_ERR_UNSUPPORTED && rc7 == 0 && is_poison(yv[0]);
+    report(ok, "F16 bad arguments refused before any launch (%d %d %d %d %d %d %d %d)", rc0, rc1, rc2, rc3, rc4, rc5, rc6, rc7);
+}
+
+static void test_f16() {
+    test_f16_api();
+    // odd shapes, every output checked
+    char name[96];
+    for (int64_t n : {1, 7, 129})
+        for (int T : {1, 16, 17})
+            for (int64_t k : {8, 136}) {
+                snprintf(name, sizeof name, "odd n=%lld T=%d k=%lld", (long long)n, T, (long long)k);
+                f16_case(f16c(name, n, k, T));
+            }
+    f16_case(f16c("odd n=200 T=65 k=520", 200, 520, 65));
+    f16_case(f16c("odd n=131 T=130 k=4104", 131, 4104, 130, 20000));
+    {
+        F16Case C = f16c("ys>n, xs=k+4 (16-byte rows)", 130, 264, 67);
+        C.ys = 141;
+        C.xs = 268;
+        f16_case(C);
+        C.name = "xs=k+1, x at +1 float (scalar loads)";
+        C.ys = 0;
+        C.xs = 265;
+        C.x_shift = 1;
+        f16_case(C);
+    }
+    // scaling: huge / tiny / zero / subnormal rows, a spike per step, steps 2^-60..2^54
+    f16_case(f16c("row scales 1e30 / 1e-30 / 0 / 1e-41 / spikes", 160, 1024, 70, 0, F16_SCALES));
+    f16_case(f16c("non-finite x: NaN, +Inf, +-Inf, -Inf (0·Inf)", 40, 512, 35, 0, F16_NONFINITE));
+    f16_case(f16c("same-sign data (model worst-case bound)", 256, 4096, 40, 0, F16_POSITIVE));
+    // Flash shapes (compressor / indexer projections, router, HC mixing)
+    for (int T : {2048, 300}) {
+        snprintf(name, sizeof name, "c_kv 4096->1024 x%d", T);
+        f16_case(f16c(name, 1024, 4096, T, 20000));
+        snprintf(name, sizeof name, "i_kv / gate_inp 4096->256 x%d", T);
+        f16_case(f16c(name, 256, 4096, T, 20000));
+        snprintf(name, sizeof name, "i_proj 4096->64 x%d", T);
+        f16_case(f16c(name, 64, 4096, T, 20000));
+        snprintf(name, sizeof name, "hc mix 16384->24 x%d", T);
+        f16_case(f16c(name, 24, 16384, T, 5000));
+    }
+    // bit identity: every tile config, a row alone, repeated launches
+    for (F16Data d : {F16_GAUSS, F16_SCALES}) {
+        F16Case C = f16c("", 300, 1056, 300, 0, d);
+        const F16Host H = f16_make(C);
+        const F16Run a = f16_launch(C, H, nullptr);
+        bool ok = a.ok;
+        int variants = 0;
+        for (const char *cfg : {"42", "41", "22", "21", "42"}) {
+            const F16Run b = f16_launch(C, H, cfg);
+            ok = ok && b.ok && memcmp(b.y.data(), a.y.data(), a.y.size() * 4) == 0;
+            variants++;
+        }
+        for (int t : {0, 137, 299}) {
+            const F16Run b = f16_launch(C, H, nullptr, t, 1);
+            ok = ok && b.ok && memcmp(b.y.data() + (size_t)t * C.n, a.y.data() + (size_t)t * C.n, (size_t)C.n * 4) == 0;
+            variants++;
+        }
+        const F16Run c = f16_launch(C, H, nullptr, 17, 16);  // rows 17..32 as a batch of their own
+        for (int t = 17; t < 33; t++)
+            ok = ok && c.ok && memcmp(c.y.data() + (size_t)t * C.n, a.y.data() + (size_t)t * C.n, (size_t)C.n * 4) == 0;
+        report(ok, "F16 bit-identical (%s): configs 42/41/22/21, repeat, rows alone, a sub-batch (%d variants)",
+               d == F16_GAUSS ? "gaussian" : "scaled rows", variants + 1);
+    }
+}
+
+
 // ---- benchmark ---------------------------------------------------------------------------------
 __global__ void k_fill_blocks(uint8_t *dst, uint64_t nblk, const uint8_t *pool, int npool, int bb) {
     for (uint64_t b = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; b < nblk; b += (uint64_t)gridDim.x * blockDim.x) {
@@ -624,6 +914,63 @@ static double bench_one(const char *name, const BenchW &B, int rows, const ds4_c
     cudaEventDestroy(e0);
     cudaEventDestroy(e1);
     return us;
+}
+
+// ---- F16 benchmark: weights and activations generated on the device ----------------------------
+__global__ void k_fill_f16(uint16_t *w, uint64_t n, float *x, uint64_t nx) {
+    for (uint64_t i = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; i < n + nx; i += (uint64_t)gridDim.x * blockDim.x) {
+        uint64_t h = (i + 1) * 0x9E3779B97F4A7C15ull;
+        h ^= h >> 31;
+        h *= 0xBF58476D1CE4E5B9ull;
+        h ^= h >> 29;
+        const float u = (float)(h >> 40) * (1.0f / 16777216.0f) - 0.5f;  // [-0.5, 0.5)
+        if (i < n) w[i] = __half_as_ushort(__float2half_rn(0.1f * u));
+        else x[i - n] = 4.0f * u;
+    }
+}
+
+static void bench_f16() {
+    const int T = 2048;
+    struct S {
+        const char *name;
+        int64_t n, k;
+    } sh[] = {{"c_kv 4096->1024", 1024, 4096},
+              {"c_kv (HCA) 4096->512", 512, 4096},
+              {"i_kv / gate_inp 4096->256", 256, 4096},
+              {"i_proj 4096->64", 64, 4096},
+              {"hc mix 16384->24", 24, 16384}};
+    for (const S &s : sh) {
+        DBuf w((size_t)(s.n * s.k * 2)), x((size_t)T * s.k * 4), y((size_t)T * s.n * 4);
+        k_fill_f16<<<4096, 256>>>((uint16_t *)w.p, (uint64_t)(s.n * s.k), (float *)x.p, (uint64_t)T * s.k);
+        CUDA_CHECK(cudaDeviceSynchronize());
+        ds4_cuda_qmat q = {DS4_TYPE_F16, w.p, s.n, s.k, 0, 1};
+        for (const char *cfg : {(const char *)nullptr, "42", "22"}) {
+            if (cfg) setenv("DS4_MMF16_CFG", cfg, 1);
+            char err[256];
+            cudaEvent_t e0, e1;
+            CUDA_CHECK(cudaEventCreate(&e0));
+            CUDA_CHECK(cudaEventCreate(&e1));
+            bool ok = true;
+            for (int i = 0; i < 3; i++) ok &= ds4_cuda_mmf16(&q, (float *)x.p, s.k, T, (float *)y.p, s.n, nullptr, err, sizeof err) == 0;
+            const int iters = 20;
+            CUDA_CHECK(cudaEventRecord(e0));
+            for (int i = 0; i < iters; i++) ds4_cuda_mmf16(&q, (float *)x.p, s.k, T, (float *)y.p, s.n, nullptr, err, sizeof err);
+            CUDA_CHECK(cudaEventRecord(e1));
+            CUDA_CHECK(cudaEventSynchronize(e1));
+            float ms = 0;
+            CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
+            if (cfg) unsetenv("DS4_MMF16_CFG");
+            const double us = 1000.0 * ms / iters, fl = 2.0 * (double)s.n * (double)s.k * T;
+            const double bytes = (double)T * s.k * 4 + (double)s.n * s.k * 2 + (double)T * s.n * 4;
+            if (!ok) printf("bench F16 %s: %s\n", s.name, err);
+            else
+                printf("bench F16 %-28s x%d cfg %-4s %8.1f us  %6.1f TFLOP/s  (x+w+y %.0f MB: %.0f GB/s)\n", s.name, T,
+                       cfg ? cfg : "auto", us, fl / us * 1e-6, bytes / 1e6, bytes / us * 1e-3);
+            fflush(stdout);
+            cudaEventDestroy(e0);
+            cudaEventDestroy(e1);
+        }
+    }
 }
 
 static void bench() {
@@ -697,6 +1044,7 @@ static void bench() {
         bench_one("Q8_0 o_a 8 groups 4096->1024 x2048", B, 8 * T, &go, x8.p, row_bytes(DS4_TYPE_Q8_0, 4096), (float *)y.p);
         delete B.d;
     }
+    bench_f16();
 }
 
 int main(int argc, char **argv) {
@@ -715,6 +1063,7 @@ int main(int argc, char **argv) {
     test_bit_identity();
     test_flash_dense();
     test_flash_grouped();
+    test_f16();
     printf("%d passed, %d failed\n", g_pass, g_fail);
     return g_fail ? 1 : 0;
 }

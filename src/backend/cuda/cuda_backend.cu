@@ -36,6 +36,7 @@
 
 #include "common.cuh"
 #include "cuda_matvec.h"
+#include "cuda_mmq.h"
 
 extern "C" {
 #include "backend/backend.h"
@@ -1036,6 +1037,15 @@ void cu_matmul(ds4_backend *be, const ds4_tensor *W, uint64_t slab, uint64_t row
     // small batches and types mmq does not take keep the matvec batches below
     if (ds4cu_mmq_ok(be, W->type, q.k, n_tok) && ds4cu_mmq_rows(be, &q, x, 0, xs, y, ys, n_tok) == 0) return;
     char err[256];
+    // F16 weights in such chunks: the f32-accurate tensor-core GEMM (mmf16, cuda_mmq.h).
+    // ds4cu_mmq_ok on a type mmq always takes is the same gate (production numerics,
+    // n_tok >= kMmqMinRows, DS4_CUDA_NO_MMQ unset); mmf16 refusing (unaligned weights)
+    // keeps the matvec path below.
+    if (W->type == DS4_TYPE_F16 && ds4_cuda_mmf16_supported(q.k) && ds4cu_mmq_ok(be, DS4_TYPE_Q8_0, 32, n_tok)) {
+        const int rc = ds4_cuda_mmf16(&q, x, xs, n_tok, y, ys, im->st, err, sizeof err);
+        if (rc == 0) return;
+        if (rc != DS4_ERR_UNSUPPORTED) mv_check(rc, err);
+    }
     const uint32_t vt = ds4_vec_dot_type(W->type);
     if (quant && im->preq && (vt == DS4_TYPE_Q8_0 || vt == DS4_TYPE_Q8_K)) {
         uint64_t rb = 0;

@@ -1,4 +1,5 @@
-/* cuda_mmq.h — C view of the tensor-core quantized matrix-matrix kernels (mmq.cu).
+/* cuda_mmq.h — C view of the tensor-core matrix-matrix kernels: quantized weights (mmq.cu)
+ * and F16 weights with f32 activations (mmf16.cu, at the end).
  *
  * Owns: Y = W·X for many activation rows at once (prefill chunks, the routed experts of a
  * chunk), for weights stored exactly as in the GGUF file (Q8_0, Q2_K, Q4_K, IQ2_XXS; no
@@ -63,6 +64,30 @@ int ds4_cuda_mmq_supported(uint32_t type, int64_t k);
  * (weights may be read before the previous kernel of the stream finished). */
 int ds4_cuda_mmq(const ds4_cuda_qmat *w, const void *xq, uint64_t xq_stride, const ds4_cuda_mmq_groups *groups,
                  int n_rows, float *y, int64_t ys, struct CUstream_st *stream, char *err, size_t errlen);
+
+/* ---- F16 weights x f32 activations on tensor cores (mmf16.cu) ----------------------------
+ *
+ * Y[t][r] (row stride ys floats) = Σ_c W[r][c] · x[t·xs + c], r < w->n, t < n_rows, for an F16
+ * matrix (w->type DS4_TYPE_F16, matrix 0 of the descriptor; n_mats / mat_stride unused)
+ * and f32 activations as they are (no quantization): the production path of the F16
+ * projections in prefill chunks. Emulates the f32 dot: per (activation row, 64-wide k-step)
+ * the values are scaled by a power of two and split into two f16 halves (hi + lo), two
+ * f16 mma.sync products with f32 accumulation, scaled back; per output
+ *   |y − Σ w·x| <= (2^-22 + 8·2^-22 + ceil(k/64)·2^-24)·Σ|w·x| + 2^-39·Σ_steps max|x|·Σ|w|
+ * (the derivation is in mmf16.cu; the f32 dot's own bound is k·2^-24·Σ|w·x|). NaN in x
+ * gives NaN, ±Inf what the IEEE sum of the w·x terms gives. Deterministic; the result for
+ * one (row, activation row) does not depend on n_rows, the tile configuration or the
+ * position in the batch. No device memory is allocated, nothing synchronized; programmatic
+ * dependent launch like mmq (weights may be read before the previous kernel finished).
+ *
+ * Inputs: k a multiple of 8 (ds4_cuda_mmf16_supported); w->data 16-byte aligned (else
+ * DS4_ERR_UNSUPPORTED: the caller keeps its matvec path); x 4-byte aligned (16-byte
+ * aligned x and xs % 4 == 0 take 16-byte loads), xs >= 0 (rows may overlap: only read),
+ * ys >= n unless n_rows == 1.
+ * DS4_MMF16_CFG=42|41|22|21 forces the tile (benchmarks; results are bit-identical). */
+int ds4_cuda_mmf16_supported(int64_t k);
+int ds4_cuda_mmf16(const ds4_cuda_qmat *w, const float *x, int64_t xs, int n_rows, float *y, int64_t ys,
+                   struct CUstream_st *stream, char *err, size_t errlen);
 
 #ifdef __cplusplus
 }
