@@ -39,6 +39,11 @@ extern "C" {
 
 static int g_pass, g_fail;
 
+// Kernel-variant switch of mmq.cu (a test hook, not part of cuda_mmq.h): 1 = the original
+// kernel, 2 = the default one (DS4_MMQ_V picks the process default); returns the variant in
+// effect. Both must pass every case, and they must agree bit for bit (test_variants).
+extern "C" int ds4_cuda_mmq_set_variant(int v);
+
 static void report(bool ok, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void report(bool ok, const char *fmt, ...) {
     va_list ap;
@@ -478,12 +483,12 @@ static void test_grouped() {
         const uint64_t seed = g_rng;
         const Result a = run_case(C, 64);
         bool same = a.launched;
-        for (int bn : {32, 16}) {
+        for (int bn : {128, 32, 16}) {
             g_rng = seed;  // same weights and activations
             const Result b = run_case(C, bn, false);
             same = same && b.launched && b.y.size() == a.y.size() && memcmp(b.y.data(), a.y.data(), a.y.size() * 4) == 0;
         }
-        report(same, "%s grouped: BN 64 / 32 / 16 give identical bits", tn);
+        report(same, "%s grouped: BN 64 / 128 / 32 / 16 give identical bits", tn);
         snprintf(name, sizeof name, "%s grouped, no ids / no gather, n_prob > n_mats", tn);
         Case D = grouped(name, t, 70, 256, 5, {3, 0, 40, 17, 1, 9, 0}, false, false, 0, 0);
         run_case(D);
@@ -509,7 +514,7 @@ static void test_bit_identity() {
         std::vector<float> big((size_t)T * n), one(n), grp((size_t)T * n);
         bool ok = true;
         int variants = 0;
-        for (int bn : {64, 32, 16}) {
+        for (int bn : {64, 128, 32, 16}) {
             char b[8];
             snprintf(b, sizeof b, "%d", bn);
             setenv("DS4_MMQ_BN", b, 1);
@@ -543,7 +548,7 @@ static void test_bit_identity() {
         CUDA_CHECK(cudaDeviceSynchronize());
         CUDA_CHECK(cudaMemcpy(grp.data(), dY.p, grp.size() * 4, cudaMemcpyDeviceToHost));
         for (int i = 0; i < T; i++) ok &= memcmp(grp.data() + (size_t)i * n, big.data() + (size_t)(T - 1 - i) * n, (size_t)n * 4) == 0;
-        report(ok, "%s bit-identical: alone / batch of %d / grouped gather / BN 16,32,64 (%d variants)", ds4_type_name(t), T,
+        report(ok, "%s bit-identical: alone / batch of %d / grouped gather / BN 16,32,64,128 (%d variants)", ds4_type_name(t), T,
                variants);
     }
 }
@@ -860,6 +865,37 @@ static void test_f16() {
 }
 
 
+// Kernel variants 1 and 2 compute every output with the same operations (mmq.cu): the same
+// launches must give identical bits (dense at Flash-like and odd shapes, grouped with gather,
+// skew, NaN ids), and each is checked against the CPU on the first run.
+static void test_variants() {
+    for (uint32_t t : kTypes) {
+        const char *tn = ds4_type_name(t);
+        const int64_t blk = tinfo(t)->block_elems;
+        char name[96];
+        Case cs[3];
+        cs[0] = dense("", t, 300, t == DS4_TYPE_Q8_0 ? 1056 : 1024, 300, 5000);
+        cs[1] = dense("", t, 129, 3 * blk, 33);
+        cs[2] = grouped("", t, 200, t == DS4_TYPE_Q8_0 ? 544 : 768, 8, {0, 1, 200, 7, 0, 65, 48, 3, 130, 0, 17, 64}, true, true,
+                        97, 0);
+        cs[2].mats[3] = 8;
+        cs[2].slack = 11;
+        for (int i = 0; i < 3; i++) {
+            snprintf(name, sizeof name, "%s variants 1 / 2 case %d", tn, i);
+            cs[i].name = name;
+            const uint64_t seed = g_rng;
+            ds4_cuda_mmq_set_variant(1);
+            const Result a = run_case(cs[i]);
+            g_rng = seed;
+            ds4_cuda_mmq_set_variant(2);
+            const Result b = run_case(cs[i], 0, false);
+            const bool same = a.launched && b.launched && a.y.size() == b.y.size() &&
+                              memcmp(a.y.data(), b.y.data(), a.y.size() * 4) == 0;
+            report(same, "%s: v1 and v2 give identical bits", name);
+        }
+    }
+}
+
 // ---- benchmark ---------------------------------------------------------------------------------
 __global__ void k_fill_blocks(uint8_t *dst, uint64_t nblk, const uint8_t *pool, int npool, int bb) {
     for (uint64_t b = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; b < nblk; b += (uint64_t)gridDim.x * blockDim.x) {
@@ -994,9 +1030,14 @@ static void bench() {
     } dn[] = {{"Q8_0 q_a 4096->1024 x2048", 1024, 4096},      {"Q8_0 4096->512 x2048", 512, 4096},
               {"Q8_0 q_b 1024->32768 x2048", 32768, 1024},    {"Q8_0 o_b 8192->4096 x2048", 4096, 8192},
               {"Q8_0 shared gate 4096->2048 x2048", 2048, 4096}, {"Q8_0 shared down 2048->4096 x2048", 4096, 2048}};
+    char vn[128];
     for (const D &d : dn) {
         BenchW B = bench_weights(DS4_TYPE_Q8_0, d.n, d.k, 1);
-        bench_one(d.name, B, T, nullptr, x8.p, row_bytes(DS4_TYPE_Q8_0, d.k), (float *)y.p);
+        for (int v : {1, 2}) {  // kernel variants (mmq.cu), same data
+            ds4_cuda_mmq_set_variant(v);
+            snprintf(vn, sizeof vn, "v%d %s", v, d.name);
+            bench_one(vn, B, T, nullptr, x8.p, row_bytes(DS4_TYPE_Q8_0, d.k), (float *)y.p);
+        }
         delete B.d;
     }
     // routed experts: P = 12288 packed rows over 256 experts (skewed), gate/up gather tokens
@@ -1018,16 +1059,18 @@ static void bench() {
     const uint32_t gate_t[2] = {DS4_TYPE_IQ2_XXS, DS4_TYPE_Q4_K}, down_t[2] = {DS4_TYPE_Q2_K, DS4_TYPE_Q4_K};
     for (int f = 0; f < 2; f++) {
         BenchW G = bench_weights(gate_t[f], 2048, 4096, NE), Dn = bench_weights(down_t[f], 4096, 2048, NE);
-        for (int bn : {0, 32}) {
+        for (int vb = 0; vb < 4; vb++) {  // kernel variant 1 / 2 x automatic tile / BN 32
+            const int v = 1 + vb / 2, bn = vb % 2 ? 32 : 0;
+            ds4_cuda_mmq_set_variant(v);
             if (bn) setenv("DS4_MMQ_BN", "32", 1);
             char nm[96];
-            snprintf(nm, sizeof nm, "%s routed gate (=up) 4096->2048%s", ds4_type_name(gate_t[f]), bn ? " BN32" : "");
+            snprintf(nm, sizeof nm, "v%d %s routed gate (=up) 4096->2048%s", v, ds4_type_name(gate_t[f]), bn ? " BN32" : "");
             const double tg = bench_one(nm, G, P, &gg, xk.p, row_bytes(DS4_TYPE_Q8_K, 4096), (float *)y.p);
-            snprintf(nm, sizeof nm, "%s routed down 2048->4096%s", ds4_type_name(down_t[f]), bn ? " BN32" : "");
+            snprintf(nm, sizeof nm, "v%d %s routed down 2048->4096%s", v, ds4_type_name(down_t[f]), bn ? " BN32" : "");
             const double td = bench_one(nm, Dn, P, &gd, xk.p, row_bytes(DS4_TYPE_Q8_K, 2048), (float *)y.p);
             if (bn) unsetenv("DS4_MMQ_BN");
-            printf("bench => routed layer (%s): gate + up + down = %.1f us for %d packed rows (%.2f us per token)\n",
-                   f ? "q4" : "q2", 2 * tg + td, P, (2 * tg + td) / T);
+            printf("bench => v%d routed layer (%s%s): gate + up + down = %.1f us for %d packed rows (%.2f us per token)\n", v,
+                   f ? "q4" : "q2", bn ? ", BN32" : "", 2 * tg + td, P, (2 * tg + td) / T);
         }
         delete G.d;
         delete Dn.d;
@@ -1041,7 +1084,11 @@ static void bench() {
         up(dO, 0, o.data(), o.size() * 4);
         ds4_cuda_mmq_groups go = {(int32_t *)dO.p, (int32_t *)dO.p + 9, nullptr, 8, 8 * T};
         BenchW B = bench_weights(DS4_TYPE_Q8_0, 1024, 4096, 8);
-        bench_one("Q8_0 o_a 8 groups 4096->1024 x2048", B, 8 * T, &go, x8.p, row_bytes(DS4_TYPE_Q8_0, 4096), (float *)y.p);
+        for (int v : {1, 2}) {
+            ds4_cuda_mmq_set_variant(v);
+            snprintf(vn, sizeof vn, "v%d Q8_0 o_a 8 groups 4096->1024 x2048", v);
+            bench_one(vn, B, 8 * T, &go, x8.p, row_bytes(DS4_TYPE_Q8_0, 4096), (float *)y.p);
+        }
         delete B.d;
     }
     bench_f16();
@@ -1057,12 +1104,19 @@ int main(int argc, char **argv) {
         bench();
         return 0;
     }
-    test_api();
-    test_odd_shapes();
-    test_grouped();
-    test_bit_identity();
-    test_flash_dense();
-    test_flash_grouped();
+    // the whole quantized suite once per kernel variant (mmq.cu: DS4_MMQ_V), then v1 == v2
+    for (int v : {2, 1}) {
+        ds4_cuda_mmq_set_variant(v);
+        printf("---- mmq kernel variant %d\n", v);
+        test_api();
+        test_odd_shapes();
+        test_grouped();
+        test_bit_identity();
+        test_flash_dense();
+        test_flash_grouped();
+    }
+    test_variants();
+    ds4_cuda_mmq_set_variant(2);
     test_f16();
     printf("%d passed, %d failed\n", g_pass, g_fail);
     return g_fail ? 1 : 0;

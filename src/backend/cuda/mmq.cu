@@ -609,6 +609,568 @@ __global__ void __launch_bounds__(kThreads, 2) mmq_kernel(const __grid_constant_
             }
 }
 
+// ============================================================================================
+// v2 (default; DS4_MMQ_V=1 selects v1 above). Same numerics, per output the same operation
+// sequence as v1 (so v1 and v2 give identical bits), reorganised for instruction count and
+// overlap (v1 is issue/latency bound: ~29 instructions per Q8_0 mma, two barriers a step):
+//  * One barrier per k-step: the decoded tiles (int8 weights/activations and scale arrays)
+//    are double buffered; in phase s every warp first decodes step s+1 into the other buffer,
+//    then runs the mmas of step s, so one warp's decode overlaps the others' tensor work.
+//  * Warp-private raw staging: warp w stages (cp.async) and decodes the same rows (weight rows
+//    16w..16w+15, token rows XR·w..), so the raw buffer needs only cp.async.wait + __syncwarp,
+//    is single buffered (the warp issues step s+2 right after decoding step s+1; the copy has
+//    the whole mma phase to land), and the block barrier only guards the decoded tiles.
+//  * Warp tiles of MT m16 x NT n8 tiles: 64 rows x 32 tokens (Q8_0, BN 128) or 32 x 32 / 32 x 16
+//    (BN 64 / 32): each ldmatrix'd fragment feeds NT or MT mmas.
+//  * Per-row and per-token scales are stored permuted so that a thread's 2·MT row scales
+//    and 2·NT token scales are contiguous (16-byte loads instead of one load each).
+//  * n8 tiles past the tile's last token are skipped (warp-uniform), so a 48-row expert in a
+//    64-token tile runs 6 of 8 token tiles: the routed launches do ~Σ ceil(count/8)·8 work.
+//  * Staging and decoding address math is hoisted out of 64-bit arithmetic (phases from the
+//    low 32 bits), loops fully unrolled.
+// Shared memory: one block per SM (launch bound 256 x 1: up to 255 registers, no spills).
+// ============================================================================================
+
+template <int WT, int MT, int NT>
+struct Cfg2 {
+    using L1 = Lay<WT, 1>;
+    static constexpr int WROWS = kBM / (16 * MT);               // warps along weight rows
+    static constexpr int WCOLS = (kThreads / 32) / WROWS;      // warps along tokens
+    static constexpr int BN = WCOLS * NT * 8;                  // tokens per block tile
+    static constexpr int XR = BN / 8;                          // token rows per warp (staging)
+    static constexpr int WSTEP = L1::WSTEP, WSLOT = L1::WSLOT, XSTEP = L1::XSTEP, XSLOT = L1::XSLOT;
+    static constexpr bool Q8 = WT == W_Q8_0;
+    static constexpr bool HAS_SC = WT == W_IQ2 || WT == W_Q4_K;
+    static constexpr bool HAS_MIN = WT == W_Q2_K || WT == W_Q4_K;
+    // one decoded step ("tile buffer"); offsets inside it, all multiples of 16
+    static constexpr int T_WQ = 0;                                        // int8 [128][256] swizzled
+    static constexpr int T_XQ = T_WQ + kBM * 256;                         // int8 [BN][256] swizzled
+    static constexpr int T_WD = T_XQ + BN * 256;                          // f32 permuted rows: Q8_0 [8][128]; K d[128], dmin[128]
+    static constexpr int T_DX = T_WD + (Q8 ? 8 * kBM * 4 : 2 * kBM * 4);  // f32 permuted tokens: Q8_0 [8][BN]; K [BN]
+    static constexpr int T_WSC = T_DX + (Q8 ? 8 : 1) * BN * 4;            // int32 [8][128] permuted rows (IQ2, Q4_K)
+    static constexpr int T_MINS = T_WSC + (HAS_SC ? 8 * kBM * 4 : 0);     // int8 [128][16] (Q2_K, Q4_K)
+    static constexpr int T_XBS = T_MINS + (HAS_MIN ? kBM * 16 : 0);       // int16 [BN][16] Q8_K sums
+    static constexpr int TBYTES = T_XBS + (Q8 ? 0 : BN * 32);
+    static constexpr int TAB = WT == W_IQ2 ? (256 + 128) * 4 * kIq2Copies : 0;
+    static constexpr int O_T0 = TAB;
+    static constexpr int O_WRAW = O_T0 + 2 * TBYTES;     // [128][WSLOT], rows of warp w at 16w
+    static constexpr int O_XRAW = O_WRAW + kBM * WSLOT;  // [BN][XSLOT], rows of warp w at XR·w
+    static constexpr int BYTES = O_XRAW + BN * XSLOT;
+    static_assert(WROWS * MT * 16 == kBM && WCOLS * WROWS == kThreads / 32, "warp grid");
+    static_assert(NT % 2 == 0 && XR * 8 % 32 == 0, "token tiles");
+};
+
+// Permuted scale slots: the thread with mma group g (lane / 4) of warp-row wm reads its rows
+// (mt, h) (row wm·16MT + 16mt + 8h + g) at wm·16MT + 2MT·g + 2mt + h; tokens (nt, e)
+// (token wn·8NT + 8nt + 2tig + e) at wn·8NT + 2NT·tig + 2nt + e.
+template <int MT>
+__device__ __forceinline__ int perm_row(int r) {
+    const int wm = r / (16 * MT), rem = r - wm * 16 * MT;
+    return wm * 16 * MT + (rem & 7) * 2 * MT + (rem >> 4) * 2 + ((rem >> 3) & 1);
+}
+template <int NT>
+__device__ __forceinline__ int perm_tok(int t) {
+    const int wn = t / (8 * NT), rem = t - wn * 8 * NT;
+    return wn * 8 * NT + ((rem >> 1) & 3) * 2 * NT + (rem >> 3) * 2 + (rem & 1);
+}
+
+// cp_async16 to a shared-space address (offsets fold into the instruction).
+__device__ __forceinline__ void cp_async16s(uint32_t sdst, const void *gsrc) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(sdst), "l"(gsrc) : "memory");
+}
+
+// Stages bytes [soff, soff + bytes) of the warp's ROWS rows (row r at rowp(r), r < nvalid)
+// into slots of SLOT bytes: the aligned 16-byte chunks covering them, as stage_rows. LPR
+// lanes per row (8 or 16) take chunk c = lane % LPR (and c + LPR where the slot has more),
+// so each pass copies RPI = 32 / LPR rows with contiguous 128/256-byte runs.
+template <int SLOT, int ROWS, class RowPtr>
+__device__ __forceinline__ void stage2(uint8_t *dst, RowPtr rowp, int nvalid, uint32_t soff, uint32_t bytes, int lane) {
+    constexpr int CH = SLOT / 16, LPR = CH <= 8 ? 8 : 16, RPI = 32 / LPR, E = CH - LPR;
+    static_assert(E <= LPR && ROWS % RPI == 0, "staging lanes");
+    const int c = lane % LPR, r0 = lane / LPR;
+    const uint32_t c16 = 16u * (uint32_t)c;  // chunk c is wanted iff 16c < phase + bytes (false for c >= CH)
+    const uint32_t d0 = smem_u32(dst) + (uint32_t)(r0 * SLOT) + c16;
+    const uint32_t sc = soff + c16;
+    // (branch-free: rowp(r) is valid for every r < ROWS, the copies are predicated)
+#pragma unroll
+    for (int it = 0; it < ROWS / RPI; it++) {
+        const int r = it * RPI + r0;
+        const uintptr_t src = (uintptr_t)rowp(r) + sc;
+        const uint32_t lim = ((uint32_t)src & 15u) + bytes;
+        const uint8_t *a = (const uint8_t *)(src & ~(uintptr_t)15);
+        const bool in = r < nvalid;
+        if (in && c16 < lim) cp_async16s(d0 + it * RPI * SLOT, a);
+        if (E > 0 && in && c < E && c16 + 16u * LPR < lim) cp_async16s(d0 + it * RPI * SLOT + 16 * LPR, a + 16 * LPR);
+    }
+}
+
+// Decodes the warp's 16 weight rows of step s (raw slots) into tile buffer tb. Unit (r, q):
+// lanes 4i..4i+3 take q = 0..3 (then 4..7) of rows i and i+8 (as v1: conflict-free stores).
+// wlo: low 32 bits of the tile's row-0 address (phases are the low 4 bits). No per-row
+// test: rows past nrow were never staged and their slots hold zeros (cleared at the start;
+// they only feed outputs that are not stored). FULL: all 8 blocks of a Q8_0 step exist
+// (else blocks q >= nbk decode to zero; their slot bytes are stale).
+template <int WT, int MT, int NT, bool FULL>
+__device__ __forceinline__ void decode2_w(const Params &P, uint8_t *tb, const uint8_t *sm, uint32_t wlo, int s, int warp,
+                                          int lane) {
+    using C = Cfg2<WT, MT, NT>;
+    const uint32_t soff = (uint32_t)s * C::WSTEP;
+    const int nbk = WT == W_Q8_0 ? min(8, P.nb - 8 * s) : 8;
+    float *wd = (float *)(tb + C::T_WD);
+    int *wsc = (int *)(tb + C::T_WSC);
+    uint8_t *mins = tb + C::T_MINS;
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+        const int r = 16 * warp + (lane >> 2) + 8 * (j & 1), q = (lane & 3) + 4 * (j >> 1);
+        const int pr = perm_row<MT>(r);
+        const uint8_t *bp = sm + C::O_WRAW + r * C::WSLOT + ((wlo + (uint32_t)r * (uint32_t)P.row_bytes + soff) & 15u);
+        uint32_t w[8];
+        if constexpr (WT == W_Q8_0) {
+            float d = 0.0f;
+#pragma unroll
+            for (int i = 0; i < 8; i++) w[i] = 0;
+            if (FULL || q < nbk) {
+                d = f16_bits_to_f32((uint16_t)ld_u16(bp + 34 * q));
+                ld_words<8>(bp + 34 * q + 2, w);
+            }
+            wd[q * kBM + pr] = d;
+        } else if constexpr (WT == W_IQ2) {
+            uint32_t a[2];
+            ld_words<2>(bp + 2 + 8 * q, a);
+            const uint8_t *codes = sm + 4 * (lane & (kIq2Copies - 1));
+            const uint8_t *ssp = codes + 1024 * kIq2Copies;
+#pragma unroll
+            for (int k = 0; k < 4; k++) {
+                const uint32_t oc = ((a[0] >> (8 * k)) & 255u) * (4u * kIq2Copies);
+                const uint32_t os = ((a[1] >> (7 * k)) & 127u) * (4u * kIq2Copies);
+                const uint32_t sel = *(const uint32_t *)(codes + oc) | *(const uint32_t *)(ssp + os);
+                w[2 * k] = prmt(kIq2PosBytes, kIq2NegBytes, sel);
+                w[2 * k + 1] = prmt(kIq2PosBytes, kIq2NegBytes, sel >> 16);
+            }
+            wsc[q * kBM + pr] = 2 * (int)(a[1] >> 28) + 1;
+            if (j < 2 && (lane & 3) == 0) wd[pr] = f16_bits_to_f32((uint16_t)ld_u16(bp));
+        } else if constexpr (WT == W_Q4_K) {
+            // d, dmin, scales[12], qs[128]; sub-block q: nibble (q & 1) of qs[32·(q/2) ..]
+            uint32_t v[8];
+            ld_words<8>(bp + 16 + 32 * (q >> 1), v);
+            const int sh = 4 * (q & 1);
+#pragma unroll
+            for (int i = 0; i < 8; i++) w[i] = (v[i] >> sh) & 0x0F0F0F0Fu;
+            const uint8_t *scb = bp + 4;
+            int sc, m;
+            if (q < 4) {
+                sc = scb[q] & 63;
+                m = scb[q + 4] & 63;
+            } else {
+                sc = (scb[q + 4] & 15) | ((scb[q - 4] >> 6) << 4);
+                m = (scb[q + 4] >> 4) | ((scb[q] >> 6) << 4);
+            }
+            wsc[q * kBM + pr] = sc;
+            *(uint16_t *)(mins + r * 16 + 2 * q) = (uint16_t)(m * 0x0101);
+            if (j < 2 && (lane & 3) == 0) {
+                wd[pr] = f16_bits_to_f32((uint16_t)ld_u16(bp));
+                wd[kBM + pr] = f16_bits_to_f32((uint16_t)ld_u16(bp + 2));
+            }
+        } else {  // W_Q2_K: scales[16], qs[64], d, dmin; q = 4h + j covers sub-blocks 2q, 2q+1
+            uint32_t v[8];
+            ld_words<8>(bp + 16 + 32 * (q >> 2), v);
+            const uint32_t s0 = bp[2 * q], s1 = bp[2 * q + 1];
+            const int sh = 2 * (q & 3);
+#pragma unroll
+            for (int i = 0; i < 8; i++) w[i] = ((v[i] >> sh) & 0x03030303u) * ((i < 4 ? s0 : s1) & 15u);  // <= 45: no carry
+            *(uint16_t *)(mins + r * 16 + 2 * q) = (uint16_t)((s0 >> 4) | ((s1 >> 4) << 8));
+            if (j < 2 && (lane & 3) == 0) {
+                wd[pr] = f16_bits_to_f32((uint16_t)ld_u16(bp + 80));
+                wd[kBM + pr] = f16_bits_to_f32((uint16_t)ld_u16(bp + 82));
+            }
+        }
+        st_row32(tb + C::T_WQ + r * 256, r, q, w);
+    }
+}
+
+// Decodes the warp's XR token rows of step s (rows past ntok: zero slots, any phase).
+template <int WT, int MT, int NT, bool FULL>
+__device__ __forceinline__ void decode2_x(const Params &P, uint8_t *tb, const uint8_t *sm, const uint8_t *const *xrow, int s,
+                                          int warp, int lane) {
+    using C = Cfg2<WT, MT, NT>;
+    constexpr int BN = C::BN, XR = C::XR;
+    const uint32_t soff = (uint32_t)s * C::XSTEP;
+    const int nbk = WT == W_Q8_0 ? min(8, P.nb - 8 * s) : 8;
+    float *dx = (float *)(tb + C::T_DX);
+    uint32_t *xbs = (uint32_t *)(tb + C::T_XBS);
+#pragma unroll
+    for (int j = 0; j < XR * 8 / 32; j++) {
+        const int v = lane + 32 * j;
+        const int t = warp * XR + (v >> 2) % XR, q = (v & 3) + 4 * (v / (4 * XR));
+        const uint8_t *bp = sm + C::O_XRAW + t * C::XSLOT + (((uint32_t)(uintptr_t)xrow[t] + soff) & 15u);
+        uint32_t w[8];
+        if constexpr (WT == W_Q8_0) {
+            float d = 0.0f;
+#pragma unroll
+            for (int i = 0; i < 8; i++) w[i] = 0;
+            if (FULL || q < nbk) {
+                d = f16_bits_to_f32((uint16_t)ld_u16(bp + 34 * q));
+                ld_words<8>(bp + 34 * q + 2, w);
+            }
+            dx[q * BN + perm_tok<NT>(t)] = d;
+        } else {  // Q8_K: f32 d, 256 quants, 16 int16 sums; 4-byte aligned (host check)
+            const uint32_t *qw = (const uint32_t *)(bp + 4 + 32 * q);
+#pragma unroll
+            for (int i = 0; i < 8; i++) w[i] = qw[i];
+            xbs[t * 8 + q] = *(const uint32_t *)(bp + 260 + 4 * q);
+            if (q == 0) dx[perm_tok<NT>(t)] = *(const float *)bp;
+        }
+        st_row32(tb + C::T_XQ + t * 256, t, q, w);
+    }
+}
+
+// Both decoders for step s into tile buffer tb (FULL chosen per step, block-uniform).
+template <int WT, int MT, int NT>
+__device__ __forceinline__ void decode2(const Params &P, uint8_t *tb, const uint8_t *sm, uint32_t wlo,
+                                        const uint8_t *const *xrow, int s, int warp, int lane) {
+    if (WT != W_Q8_0 || P.nb - 8 * s >= 8) {
+        decode2_w<WT, MT, NT, true>(P, tb, sm, wlo, s, warp, lane);
+        decode2_x<WT, MT, NT, true>(P, tb, sm, xrow, s, warp, lane);
+    } else {
+        decode2_w<WT, MT, NT, false>(P, tb, sm, wlo, s, warp, lane);
+        decode2_x<WT, MT, NT, false>(P, tb, sm, xrow, s, warp, lane);
+    }
+}
+
+// The mmas of one decoded step (tile buffer tb) for warp (wm, wn); nv: its n8 tiles that
+// hold tokens (1..NT). K-quants: the whole superblock, then its float term (as v1).
+template <int WT, int MT, int NT, bool FULL>
+__device__ __forceinline__ void mma2(const uint8_t *tb, float (&acc)[MT][NT][4], int lane, int wm, int wn, int nv) {
+    if (FULL) nv = NT;  // (FULL: every n8 tile holds tokens; no guards in the loop)
+    using C = Cfg2<WT, MT, NT>;
+    constexpr int BN = C::BN;
+    const int g = lane >> 2, tig = lane & 3, x7 = lane & 7;
+    const uint32_t tbs = smem_u32(tb);
+    const int ar = wm * MT * 16 + x7 + 8 * ((lane >> 3) & 1), ahi = lane >> 4;
+    const int bt = wn * NT * 8 + x7 + 8 * (lane >> 4), bhi = (lane >> 3) & 1;
+    const uint32_t a_addr = tbs + C::T_WQ + ar * 256, b_addr = tbs + C::T_XQ + bt * 256;
+    const int prow = wm * MT * 16 + g * 2 * MT, ptok = wn * NT * 8 + tig * 2 * NT;
+    int isum[MT][NT][4];
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) isum[mt][nt][i] = WT == W_Q2_K ? (int)kMagic : 0;
+
+#pragma unroll 2
+    for (int kk = 0; kk < 8; kk++) {
+        uint32_t a[MT][4], b[NT][2];
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++) ldsm_x4(a[mt], a_addr + mt * 16 * 256 + (((2 * kk + ahi) ^ x7) << 4));
+#pragma unroll
+        for (int np = 0; np < NT / 2; np++) {
+            uint32_t r[4] = {0, 0, 0, 0};
+            if (FULL || 2 * np < nv) ldsm_x4(r, b_addr + np * 16 * 256 + (((2 * kk + bhi) ^ x7) << 4));
+            b[2 * np][0] = r[0];
+            b[2 * np][1] = r[1];
+            b[2 * np + 1][0] = r[2];
+            b[2 * np + 1][1] = r[3];
+        }
+        if constexpr (WT == W_Q8_0) {
+            float rw[2 * MT], tx[2 * NT];
+            const float *dw = (const float *)(tb + C::T_WD) + kk * kBM + prow;
+            const float *dxk = (const float *)(tb + C::T_DX) + kk * BN + ptok;
+#pragma unroll
+            for (int i = 0; i < 2 * MT; i += 4) *(float4 *)(rw + i) = *(const float4 *)(dw + i);
+#pragma unroll
+            for (int i = 0; i < 2 * NT; i += 4) *(float4 *)(tx + i) = *(const float4 *)(dxk + i);
+#pragma unroll
+            for (int nt = 0; nt < NT; nt++) {
+                if (!FULL && nt >= nv) continue;  // warp-uniform
+#pragma unroll
+                for (int mt = 0; mt < MT; mt++) {
+                    int c[4];
+                    mma_k32(c, a[mt], b[nt][0], b[nt][1], (int)kMagic, (int)kMagic, (int)kMagic, (int)kMagic);
+                    // (float)isum · (dw·dx) as ds4_dot_q, the product fused into the sum (as v1)
+                    acc[mt][nt][0] = fmaf(__int_as_float(c[0]) - kMagicF, __fmul_rn(rw[2 * mt], tx[2 * nt]), acc[mt][nt][0]);
+                    acc[mt][nt][1] = fmaf(__int_as_float(c[1]) - kMagicF, __fmul_rn(rw[2 * mt], tx[2 * nt + 1]), acc[mt][nt][1]);
+                    acc[mt][nt][2] = fmaf(__int_as_float(c[2]) - kMagicF, __fmul_rn(rw[2 * mt + 1], tx[2 * nt]), acc[mt][nt][2]);
+                    acc[mt][nt][3] =
+                        fmaf(__int_as_float(c[3]) - kMagicF, __fmul_rn(rw[2 * mt + 1], tx[2 * nt + 1]), acc[mt][nt][3]);
+                }
+            }
+        } else if constexpr (WT == W_Q2_K) {
+#pragma unroll
+            for (int nt = 0; nt < NT; nt++) {
+                if (!FULL && nt >= nv) continue;
+#pragma unroll
+                for (int mt = 0; mt < MT; mt++)
+                    mma_k32(isum[mt][nt], a[mt], b[nt][0], b[nt][1], isum[mt][nt][0], isum[mt][nt][1], isum[mt][nt][2],
+                            isum[mt][nt][3]);
+            }
+        } else {  // Q4_K, IQ2_XXS: integer scale per row and 32-element sub-block
+            int sc[2 * MT];
+            const int *sck = (const int *)(tb + C::T_WSC) + kk * kBM + prow;
+#pragma unroll
+            for (int i = 0; i < 2 * MT; i += 4) *(int4 *)(sc + i) = *(const int4 *)(sck + i);
+#pragma unroll
+            for (int nt = 0; nt < NT; nt++) {
+                if (!FULL && nt >= nv) continue;
+#pragma unroll
+                for (int mt = 0; mt < MT; mt++) {
+                    int c[4];
+                    mma_k32(c, a[mt], b[nt][0], b[nt][1], 0, 0, 0, 0);
+                    isum[mt][nt][0] += sc[2 * mt] * c[0];
+                    isum[mt][nt][1] += sc[2 * mt] * c[1];
+                    isum[mt][nt][2] += sc[2 * mt + 1] * c[2];
+                    isum[mt][nt][3] += sc[2 * mt + 1] * c[3];
+                }
+            }
+        }
+    }
+    if constexpr (WT == W_Q8_0) return;
+
+    // ---- end of a superblock: min terms, the float term of ds4_dot_q (v1's operations) ----
+    float dwr[2 * MT], dmr[2 * MT], tx[2 * NT];
+    const float *wd = (const float *)(tb + C::T_WD);
+#pragma unroll
+    for (int i = 0; i < 2 * MT; i += 4) {
+        *(float4 *)(dwr + i) = *(const float4 *)(wd + prow + i);
+        if constexpr (WT != W_IQ2) *(float4 *)(dmr + i) = *(const float4 *)(wd + kBM + prow + i);
+    }
+#pragma unroll
+    for (int i = 0; i < 2 * NT; i += 4) *(float4 *)(tx + i) = *(const float4 *)((const float *)(tb + C::T_DX) + ptok + i);
+    uint32_t am[MT][2];
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++) {
+        am[mt][0] = am[mt][1] = 0;
+        if constexpr (WT == W_Q2_K || WT == W_Q4_K) {
+            const uint8_t *mins = tb + C::T_MINS;
+            const int r = wm * MT * 16 + mt * 16 + g;
+            am[mt][0] = *(const uint32_t *)(mins + r * 16 + 4 * tig);
+            am[mt][1] = *(const uint32_t *)(mins + (r + 8) * 16 + 4 * tig);
+        }
+    }
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++) {
+        if (!FULL && nt >= nv) continue;
+        uint32_t lo = 0, hi = 0;
+        if constexpr (WT == W_Q2_K || WT == W_Q4_K) {
+            // summs = Σ_j min[row][j]·bsums[tok][j], bsums = 128·hi + lo (see v1)
+            const uint32_t *xbs = (const uint32_t *)(tb + C::T_XBS);
+            const uint2 bs = *(const uint2 *)(xbs + (wn * 8 * NT + nt * 8 + g) * 8 + 2 * tig);
+            lo = prmt(bs.x, bs.y, 0x6420u) & 0x7F7F7F7Fu;
+            hi = prmt(bs.x >> 7, bs.y >> 7, 0x6420u);
+        }
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++) {
+            int cs[4] = {0, 0, 0, 0};
+            if constexpr (WT == W_Q2_K || WT == W_Q4_K) {
+                int ch[4];
+                mma_k16(ch, am[mt][0], am[mt][1], hi, 0, 0, 0, 0);
+                mma_k16(cs, am[mt][0], am[mt][1], lo, ch[0] * 128 + (int)kMagic, ch[1] * 128 + (int)kMagic,
+                        ch[2] * 128 + (int)kMagic, ch[3] * 128 + (int)kMagic);
+            }
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                const float xd = tx[2 * nt + (i & 1)];
+                const float dw = dwr[2 * mt + (i >> 1)];
+                float term;
+                if constexpr (WT == W_IQ2) {
+                    const float d = __fmul_rn(dw, xd);
+                    term = __fmul_rn(__fmul_rn(d, __int2float_rn(isum[mt][nt][i])), 0.125f);
+                } else {
+                    const float isf = WT == W_Q2_K ? __int_as_float(isum[mt][nt][i]) - kMagicF : __int2float_rn(isum[mt][nt][i]);
+                    const float smf = __int_as_float(cs[i]) - kMagicF;
+                    const float dall = __fmul_rn(xd, dw), dmn = __fmul_rn(xd, dmr[2 * mt + (i >> 1)]);
+                    term = __fsub_rn(__fmul_rn(dall, isf), __fmul_rn(dmn, smf));
+                }
+                acc[mt][nt][i] = __fadd_rn(acc[mt][nt][i], term);
+            }
+        }
+    }
+}
+
+// Grouped launches: (problem, tile) of token tile tt (tiles numbered problem by problem,
+// ceil(count/BN) each; a block-wide prefix sum over off[], 256 problems a pass). Returns
+// the problem (-1: past the last tile) and its tile index in *j. Block-uniform; has barriers.
+template <int BN>
+__device__ __forceinline__ int find_tile(const Params &P, int tt, int *j, int *s_warp, int *s_pj) {
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    if (tid == 0) {
+        s_pj[0] = -1;
+        s_pj[1] = 0;
+    }
+    int carry = 0;
+    for (int base = 0; base < P.n_prob; base += kThreads) {
+        const int q = base + tid;
+        const int c = q < P.n_prob ? P.off[q + 1] - P.off[q] : 0;
+        const int tiles = c > 0 ? (c + BN - 1) / BN : 0;
+        int v = tiles;
+#pragma unroll
+        for (int o = 1; o < 32; o <<= 1) {
+            const int t = __shfl_up_sync(0xffffffffu, v, o);
+            if (lane >= o) v += t;
+        }
+        if (lane == 31) s_warp[warp] = v;
+        __syncthreads();
+        int pre = 0, tot = 0;
+#pragma unroll
+        for (int w2 = 0; w2 < kThreads / 32; w2++) {
+            const int x = s_warp[w2];
+            pre += w2 < warp ? x : 0;
+            tot += x;
+        }
+        const int incl = carry + pre + v, excl = incl - tiles;
+        if (tiles > 0 && tt >= excl && tt < incl) {
+            s_pj[0] = q;
+            s_pj[1] = tt - excl;
+        }
+        carry += tot;
+        __syncthreads();
+        if (carry > tt) break;  // block-uniform
+    }
+    *j = s_pj[1];
+    return s_pj[0];
+}
+
+template <int WT, int MT, int NT>
+__global__ void __launch_bounds__(kThreads, 1) mmq2_kernel(const __grid_constant__ Params P) {
+    using C = Cfg2<WT, MT, NT>;
+    constexpr int BN = C::BN, XR = C::XR;
+    extern __shared__ __align__(16) uint8_t sm[];
+    __shared__ const uint8_t *s_xrow[BN];
+    __shared__ int s_warp[kThreads / 32], s_pj[2];
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+
+    // Raster: groups of kRaster row tiles; inside a group the row tile varies fastest.
+    const uint32_t per_grp = (uint32_t)kRaster * (uint32_t)P.n_tt;
+    const uint32_t grp = blockIdx.x / per_grp, rem = blockIdx.x - grp * per_grp;
+    const uint32_t rg = min((uint32_t)kRaster, (uint32_t)P.n_rt - grp * kRaster);
+    const int tt = (int)(rem / rg), rt = (int)(grp * kRaster + rem % rg);
+    const int row0 = rt * kBM, nrow = min(kBM, P.n - row0);
+
+    if constexpr (WT == W_IQ2) {  // decode tables: word i·C + c holds entry i (copy c)
+        uint32_t *tab = (uint32_t *)sm;
+        for (int i = tid; i < 384 * kIq2Copies; i += kThreads) {
+            const int e = i / kIq2Copies;
+            tab[i] = e < 256 ? P.codes[e] : P.ssp[e - 256];
+        }
+    }
+
+    const uint8_t *wbase;
+    int tok0, ntok;
+    const int wr0 = 16 * warp;  // this warp's first weight row
+    auto wrow = [&](int r) { return wbase + (uint64_t)(uint32_t)(wr0 + r) * P.row_bytes; };
+    auto xrowp = [&](int r) { return s_xrow[warp * XR + r]; };
+    {  // the warp's raw slots start as zeros: rows never staged decode to zeros
+        uint4 *zw = (uint4 *)(sm + C::O_WRAW + wr0 * C::WSLOT), *zx = (uint4 *)(sm + C::O_XRAW + warp * XR * C::XSLOT);
+        for (int i = lane; i < 16 * C::WSLOT / 16; i += 32) zw[i] = make_uint4(0, 0, 0, 0);
+        for (int i = lane; i < XR * C::XSLOT / 16; i += 32) zx[i] = make_uint4(0, 0, 0, 0);
+        __syncwarp();
+    }
+    if (!P.grouped) {
+        // matrix 0: the first weight step can be in flight before the previous kernel ends
+        wbase = P.w + (uint64_t)row0 * P.row_bytes;
+        tok0 = tt * BN;
+        ntok = min(BN, P.n_rows - tok0);
+        stage2<C::WSLOT, 16>(sm + C::O_WRAW + wr0 * C::WSLOT, wrow, nrow - wr0, 0, step_bytes<WT>(P, 0, C::WSTEP), lane);
+        pdl_wait();
+        pdl_trigger();
+    } else {
+        pdl_wait();  // off / mat / x_idx are written by earlier kernels
+        pdl_trigger();
+        int j = 0;
+        const int p = find_tile<BN>(P, tt, &j, s_warp, s_pj);
+        if (p < 0) return;  // past the last tile (block-uniform)
+        const int start = P.off[p];
+        tok0 = start + j * BN;
+        ntok = min(BN, P.off[p + 1] - tok0);
+        if (start < 0 || tok0 >= P.max_rows) return;  // off[] beyond the host's bound
+        ntok = min(ntok, P.max_rows - tok0);
+        const int m = P.mat ? P.mat[p] : p;
+        if (m < 0 || m >= P.n_mats) {
+            for (int i = tid; i < ntok * nrow; i += kThreads) {
+                const int t = i / nrow, r = i - t * nrow;
+                P.y[(int64_t)(tok0 + t) * P.ys + row0 + r] = __int_as_float(0x7fc00000);
+            }
+            return;
+        }
+        wbase = P.w + (uint64_t)m * P.mat_stride + (uint64_t)row0 * P.row_bytes;
+    }
+    for (int t = tid; t < BN; t += kThreads) {  // rows past ntok: P.x (never staged; decoded from zero slots)
+        const int i = tok0 + t;
+        const int xi = t >= ntok ? 0 : P.x_idx ? P.x_idx[i] : i;
+        s_xrow[t] = P.x + (uint64_t)(int64_t)xi * P.x_stride;
+    }
+    __syncthreads();  // s_xrow, IQ2 tables
+    const uint32_t wlo = (uint32_t)(uintptr_t)wbase;
+    const int nxw = ntok - warp * XR;  // this warp's token rows that exist
+    if (P.grouped)
+        stage2<C::WSLOT, 16>(sm + C::O_WRAW + wr0 * C::WSLOT, wrow, nrow - wr0, 0, step_bytes<WT>(P, 0, C::WSTEP), lane);
+    stage2<C::XSLOT, XR>(sm + C::O_XRAW + warp * XR * C::XSLOT, xrowp, nxw, 0, step_bytes<WT>(P, 0, C::XSTEP), lane);
+    cp_async_commit();
+    // prologue: step 0 into tile buffer 0, step 1 in flight
+    cp_async_wait<0>();
+    __syncwarp();
+    decode2<WT, MT, NT>(P, sm + C::O_T0, sm, wlo, s_xrow, 0, warp, lane);
+    __syncwarp();  // the warp's raw slots are free
+    if (P.nks > 1) {
+        stage2<C::WSLOT, 16>(sm + C::O_WRAW + wr0 * C::WSLOT, wrow, nrow - wr0, C::WSTEP, step_bytes<WT>(P, 1, C::WSTEP),
+                             lane);
+        stage2<C::XSLOT, XR>(sm + C::O_XRAW + warp * XR * C::XSLOT, xrowp, nxw, C::XSTEP, step_bytes<WT>(P, 1, C::XSTEP),
+                             lane);
+    }
+    cp_async_commit();
+    __syncthreads();  // tile buffer 0 visible
+
+    const int wm = warp / C::WCOLS, wn = warp - wm * C::WCOLS;
+    const int nv = max(0, min(NT, (ntok - wn * NT * 8 + 7) >> 3));  // n8 tiles with tokens (warp-uniform)
+    float acc[MT][NT][4];
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) acc[mt][nt][i] = 0.0f;
+
+#pragma unroll 1
+    for (int s = 0; s < P.nks; s++) {
+        if (s + 1 < P.nks) {
+            // decode step s+1 into the other buffer (last read by step s-1's mmas, before
+            // the previous barrier), then put step s+2 in flight into the freed raw slots
+            uint8_t *tb = sm + C::O_T0 + ((s + 1) & 1) * C::TBYTES;
+            cp_async_wait<0>();
+            __syncwarp();
+            decode2<WT, MT, NT>(P, tb, sm, wlo, s_xrow, s + 1, warp, lane);
+            __syncwarp();
+            if (s + 2 < P.nks) {
+                const uint32_t wo = (uint32_t)(s + 2) * C::WSTEP, xo = (uint32_t)(s + 2) * C::XSTEP;
+                stage2<C::WSLOT, 16>(sm + C::O_WRAW + wr0 * C::WSLOT, wrow, nrow - wr0, wo,
+                                     step_bytes<WT>(P, s + 2, C::WSTEP), lane);
+                stage2<C::XSLOT, XR>(sm + C::O_XRAW + warp * XR * C::XSLOT, xrowp, nxw, xo,
+                                     step_bytes<WT>(P, s + 2, C::XSTEP), lane);
+            }
+            cp_async_commit();
+        }
+        const uint8_t *tb = sm + C::O_T0 + (s & 1) * C::TBYTES;
+        if (nv == NT)
+            mma2<WT, MT, NT, true>(tb, acc, lane, wm, wn, nv);
+        else if (nv > 0)
+            mma2<WT, MT, NT, false>(tb, acc, lane, wm, wn, nv);
+        __syncthreads();  // step s+1's tiles visible; step s's buffer free
+    }
+    cp_async_wait<0>();
+
+    const int g = lane >> 2, tig = lane & 3;
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                const int r = wm * MT * 16 + mt * 16 + g + 8 * (i >> 1);
+                const int t = wn * 8 * NT + nt * 8 + 2 * tig + (i & 1);
+                if (r < nrow && t < ntok) P.y[(int64_t)(tok0 + t) * P.ys + row0 + r] = acc[mt][nt][i];
+            }
+}
+
 // ---- host side -------------------------------------------------------------------------------
 
 typedef void (*KernelFn)(Params);
@@ -628,6 +1190,32 @@ KernelFn pick_kernel(int wt, int nt, int *smem) {
     case W_Q2_K: return pick_nt<W_Q2_K>(nt, smem);
     case W_Q4_K: return pick_nt<W_Q4_K>(nt, smem);
     default: return pick_nt<W_IQ2>(nt, smem);
+    }
+}
+
+// v2 kernels: BN 128 (Q8_0 only: warp tile 64 x 32), 64 (32 x 32), 32 (32 x 16).
+template <int WT>
+KernelFn pick_bn2(int bn, int *smem) {
+    if constexpr (WT == W_Q8_0) {
+        if (bn == 128) {
+            *smem = Cfg2<WT, 4, 4>::BYTES;
+            return mmq2_kernel<WT, 4, 4>;
+        }
+    }
+    if (bn >= 64) {
+        *smem = Cfg2<WT, 2, 4>::BYTES;
+        return mmq2_kernel<WT, 2, 4>;
+    }
+    *smem = Cfg2<WT, 2, 2>::BYTES;
+    return mmq2_kernel<WT, 2, 2>;
+}
+
+KernelFn pick_kernel2(int wt, int bn, int *smem) {
+    switch (wt) {
+    case W_Q8_0: return pick_bn2<W_Q8_0>(bn, smem);
+    case W_Q2_K: return pick_bn2<W_Q2_K>(bn, smem);
+    case W_Q4_K: return pick_bn2<W_Q4_K>(bn, smem);
+    default: return pick_bn2<W_IQ2>(bn, smem);
     }
 }
 
@@ -715,6 +1303,36 @@ int pick_nt(int64_t rows_per_problem) {
     return rows_per_problem >= 48 ? 4 : rows_per_problem >= 20 ? 2 : 1;
 }
 
+// v2 token tile: the largest of 128 (Q8_0) / 64 / 32 whose tiles are at least 3/4 filled on
+// average and that still gives ~a block per SM (one block per SM runs at a time); else 32.
+// Results are bit-identical for every choice. DS4_MMQ_BN=32|64|128 forces one (16 -> 32,
+// 128 -> 64 for the K-quants).
+int choose_bn2(int wt, int64_t per_prob, int64_t n_prob, int64_t n_rt, int n_sm) {
+    const int top = wt == W_Q8_0 ? 128 : 64;
+    const char *e = getenv("DS4_MMQ_BN");
+    if (e) {
+        const int v = atoi(e);
+        if (v == 16 || v == 32) return 32;
+        if (v == 64 || v == 128) return v < top ? v : top;
+    }
+    for (int bn = top; bn > 32; bn /= 2)
+        if (per_prob >= bn * 3 / 4 && n_rt * n_prob * ((per_prob + bn - 1) / bn) * 10 >= (int64_t)n_sm * 9) return bn;
+    return 32;
+}
+
+// Kernel variant: 2 (default) or 1 (DS4_MMQ_V=1), read once; tests switch it with
+// ds4_cuda_mmq_set_variant (declared by tests/cuda/test_mmq.cu only, not part of the API).
+int g_variant;
+
+int mmq_variant() {
+    std::lock_guard<std::mutex> lk(g_mu);
+    if (!g_variant) {
+        const char *e = getenv("DS4_MMQ_V");
+        g_variant = e && atoi(e) == 1 ? 1 : 2;
+    }
+    return g_variant;
+}
+
 }  // namespace
 
 extern "C" int ds4_cuda_mmq_supported(uint32_t type, int64_t k) {
@@ -762,9 +1380,21 @@ extern "C" int ds4_cuda_mmq(const ds4_cuda_qmat *w, const void *xq, uint64_t xq_
         per_prob = n_rows;
     }
 
-    const int nt = pick_nt(per_prob), bn = 16 * nt;
-    int smem = 0;
-    const KernelFn fn = pick_kernel(wt, nt, &smem);
+    const int variant = mmq_variant();
+    const int64_t n_rt64 = (w->n + kBM - 1) / kBM;
+    int bn, smem = 0;
+    KernelFn fn;
+    if (variant == 1) {
+        const int nt = pick_nt(per_prob);
+        bn = 16 * nt;
+        fn = pick_kernel(wt, nt, &smem);
+    } else {
+        int dev = 0, n_sm = 0;
+        DS4_CUDA_TRY(cudaGetDevice(&dev));
+        DS4_CUDA_TRY(cudaDeviceGetAttribute(&n_sm, cudaDevAttrMultiProcessorCount, dev));
+        bn = choose_bn2(wt, per_prob, groups ? groups->n_prob : 1, n_rt64, n_sm);
+        fn = pick_kernel2(wt, bn, &smem);
+    }
     Params P;
     memset(&P, 0, sizeof P);
     if (wt == W_IQ2) {
@@ -806,4 +1436,12 @@ extern "C" int ds4_cuda_mmq(const ds4_cuda_qmat *w, const void *xq, uint64_t xq_
     if (rc) return rc;
     DS4_CUDA_TRY(ds4cu::launch(fn, dim3((unsigned)blocks), dim3(kThreads), (size_t)smem, (cudaStream_t)stream, P));
     return 0;
+}
+
+extern "C" int ds4_cuda_mmq_set_variant(int v) {
+    const int cur = mmq_variant();
+    if (v != 1 && v != 2) return cur;
+    std::lock_guard<std::mutex> lk(g_mu);
+    g_variant = v;
+    return v;
 }
