@@ -5,7 +5,11 @@
 // dense or grouped (routed experts). Must not: allocate device memory, synchronize,
 // repack weights in global memory, or know tensor roles (contract in cuda_mmq.h).
 //
-// Design (one block = 128 weight rows x BN activation rows, BN = 16·NT in {16, 32, 64}):
+// Two kernels with identical per-output numerics (bit-identical results): v2 (default, see
+// its section below) and the original v1 described here (DS4_MMQ_V=1, read once; tests
+// switch with the hook ds4_cuda_mmq_set_variant, which is not part of cuda_mmq.h).
+//
+// v1 design (one block = 128 weight rows x BN activation rows, BN = 16·NT in {16, 32, 64}):
 //  * 8 warps: 4 along rows (32 rows = two m16 tiles) x 2 along activation rows (NT n8 tiles).
 //    Weights are the mma A operand (16 rows), activations the B operand (8 rows), so the
 //    token granularity is 8 (small expert groups waste little).
