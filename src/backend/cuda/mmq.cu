@@ -5,8 +5,9 @@
 // dense or grouped (routed experts). Must not: allocate device memory, synchronize,
 // repack weights in global memory, or know tensor roles (contract in cuda_mmq.h).
 //
-// Two kernels with identical per-output numerics (bit-identical results): v2 (default, see
-// its section below) and the original v1 described here (DS4_MMQ_V=1, read once; tests
+// Two kernels with identical per-output numerics (bit-identical results): v2 (see its
+// section below) and the original v1 described here. By default each weight type takes
+// the faster one as measured (mmq_variant); DS4_MMQ_V=1|2 forces one (read once; tests
 // switch with the hook ds4_cuda_mmq_set_variant, which is not part of cuda_mmq.h).
 //
 // v1 design (one block = 128 weight rows x BN activation rows, BN = 16·NT in {16, 32, 64}):
@@ -1324,15 +1325,18 @@ int choose_bn2(int wt, int64_t per_prob, int64_t n_prob, int64_t n_rt, int n_sm)
     return 32;
 }
 
-// Kernel variant: 2 (default) or 1 (DS4_MMQ_V=1), read once; tests switch it with
+// Kernel variant: per weight type (default), or 1 / 2 for all (DS4_MMQ_V=1|2), read once; tests switch it with
 // ds4_cuda_mmq_set_variant (declared by tests/cuda/test_mmq.cu only, not part of the API).
 int g_variant;
 
+// 3 = per weight type (the default): measured on an H200 (bench/RESULTS.md, cuda-test-mmq
+// --bench), v2 wins for Q8_0 (+10-15 %) and for the grouped Q2_K down projection at BN 32
+// (1.73 vs 1.98 ms for 12288 rows), v1 for IQ2_XXS (1.96 vs 2.27 ms) and Q4_K.
 int mmq_variant() {
     std::lock_guard<std::mutex> lk(g_mu);
     if (!g_variant) {
         const char *e = getenv("DS4_MMQ_V");
-        g_variant = e && atoi(e) == 1 ? 1 : 2;
+        g_variant = e && atoi(e) == 1 ? 1 : e && atoi(e) == 2 ? 2 : 3;
     }
     return g_variant;
 }
@@ -1384,7 +1388,9 @@ extern "C" int ds4_cuda_mmq(const ds4_cuda_qmat *w, const void *xq, uint64_t xq_
         per_prob = n_rows;
     }
 
-    const int variant = mmq_variant();
+    int variant = mmq_variant();
+    const bool per_type = variant == 3;
+    if (per_type) variant = wt == W_IQ2 || wt == W_Q4_K ? 1 : 2;
     const int64_t n_rt64 = (w->n + kBM - 1) / kBM;
     int bn, smem = 0;
     KernelFn fn;
@@ -1397,6 +1403,7 @@ extern "C" int ds4_cuda_mmq(const ds4_cuda_qmat *w, const void *xq, uint64_t xq_
         DS4_CUDA_TRY(cudaGetDevice(&dev));
         DS4_CUDA_TRY(cudaDeviceGetAttribute(&n_sm, cudaDevAttrMultiProcessorCount, dev));
         bn = choose_bn2(wt, per_prob, groups ? groups->n_prob : 1, n_rt64, n_sm);
+        if (per_type && wt == W_Q2_K && groups && !getenv("DS4_MMQ_BN")) bn = 32;
         fn = pick_kernel2(wt, bn, &smem);
     }
     Params P;
@@ -1444,7 +1451,7 @@ extern "C" int ds4_cuda_mmq(const ds4_cuda_qmat *w, const void *xq, uint64_t xq_
 
 extern "C" int ds4_cuda_mmq_set_variant(int v) {
     const int cur = mmq_variant();
-    if (v != 1 && v != 2) return cur;
+    if (v != 1 && v != 2 && v != 3) return cur; // 3: per weight type
     std::lock_guard<std::mutex> lk(g_mu);
     g_variant = v;
     return v;
