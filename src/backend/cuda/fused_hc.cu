@@ -49,6 +49,7 @@
 #include "common.cuh"
 #include "cuda_internal.h"
 #include "cuda_mmq.h"
+#include "hc_chunk.h"
 #include "moe_prefill.h"
 
 extern "C" {
@@ -616,7 +617,8 @@ void hc_launch(ds4_backend *be, const ds4_tensor *fn, const float *scale, const 
 
 }  // namespace
 
-// Large production chunks: the op sequence, whose mixing projection is then one
+// Large production chunks: hc_chunk.cu's two-kernel path (F16 fn, h <= 4, d % 4 == 0;
+// ~0.1-0.2 ms per 2048-token Flash chunk), otherwise the op sequence, whose mixing projection is then one
 // tensor-core GEMM (cu_matmul → mmf16) instead of 64 column-slice blocks per token, each
 // re-reading its 12 KB fn slice (measured on an H200: 0.85 ms (hc_site) / 1.8 ms
 // (hc_post_site) per 2048-token chunk). The values stay within the contract: only the
@@ -633,7 +635,12 @@ void ds4cu_hc_site(ds4_backend *be, const ds4_tensor *fn, const float *scale, co
     const int mw = (2 + h) * h;
     const int64_t hw = (int64_t)h * d;
     DS4_ASSERT(fn->ne[0] == (uint64_t)hw && fn->ne[1] >= (uint64_t)mw);
-    if ((fn->type != DS4_TYPE_F16 && fn->type != DS4_TYPE_F32) || hc_seq_large(be, fn, n_tok, hw)) {
+    const bool large = hc_seq_large(be, fn, n_tok, hw);
+    // large production chunks: hc_chunk.cu (F16 fn, h <= 4, d % 4 == 0, aligned), else the sequence
+    if (large && ds4cu_hc_chunk(be, fn, scale, base, NULL, NULL, H, n_tok, h, d, iters, hc_eps, eps, norm_w, post,
+                                comb, xn))
+        return;
+    if ((fn->type != DS4_TYPE_F16 && fn->type != DS4_TYPE_F32) || large) {
         hc_site_seq(be, fn, scale, base, H, n_tok, h, d, iters, hc_eps, eps, norm_w, post, comb, xn);
         return;
     }
@@ -649,7 +656,11 @@ void ds4cu_hc_post_site(ds4_backend *be, const float *y, const float *Hprev, flo
     const int64_t hw = (int64_t)h * d;
     DS4_ASSERT(fn->ne[0] == (uint64_t)hw && fn->ne[1] >= (uint64_t)mw);
     DS4_ASSERT(H != Hprev);
-    if ((fn->type != DS4_TYPE_F16 && fn->type != DS4_TYPE_F32) || hc_seq_large(be, fn, n_tok, hw)) {
+    const bool large = hc_seq_large(be, fn, n_tok, hw);
+    if (large && ds4cu_hc_chunk(be, fn, scale, base, y, Hprev, H, n_tok, h, d, iters, hc_eps, eps, norm_w, post,
+                                comb, xn))
+        return;
+    if ((fn->type != DS4_TYPE_F16 && fn->type != DS4_TYPE_F32) || large) {
         // the op sequence: hc_post (reads the old post / comb), then the site (overwrites them)
         be->hc_post(be, y, Hprev, post, comb, n_tok, h, d, H);
         ds4cu_hc_site(be, fn, scale, base, H, n_tok, h, d, iters, hc_eps, eps, norm_w, post, comb, xn);
