@@ -1,5 +1,7 @@
 // ops_hc.cu — cuda-test-ops cases of the fused op hc_site (backend.h), against the CPU
-// backend's op sequence. Must not: take an expected value from the GPU.
+// backend's op sequence, and a timing line per mode for a 2048-token Flash chunk
+// ("time prod hc_post_site 2048 tokens: X ms"). Must not: take an expected value from
+// the GPU.
 //
 // Reference per case: C->rmsnorm (flat H, unweighted), C->matmul (fn, mw rows), C->hc_pre,
 // C->rmsnorm (x, norm_w). The GPU op computes mix as s · (fn · H) with its own summation
@@ -20,10 +22,19 @@
 //    to Q8_0 on each side from rmsnorm outputs that may differ in the last bit, so mix may
 //    differ by a quantisation step's effect (matmul's own bound in test_ops is 2e-4 ·
 //    max|y|, |y| ~ 5): 2e-3.
+//  - chunks of >= 16 tokens in production (hc_chunk.cu, F16 fn, h <= 4): the same bound
+//    2e-5. Its dots are one fma chain per (token, 128-element slice) over h·128 products
+//    (512 at Flash), then the slices summed in order; a random-walk estimate of that
+//    f32 error with these inputs (products ~0.01, partial sums <= ~0.3) is ~2e-6 on the
+//    unnormalised dot, ~3.5e-6 on mix (s ~ 1.7), i.e. the size of the fused kernel's
+//    measured 6e-6 above, so the same output bound applies (margin ~5). The rest (sum of
+//    squares in f64, hc_pre's and rmsnorm's per-element operations) is the fused
+//    kernel's. Chunks 16 / 300 / 2048 at Flash and tiny shapes; an unaligned H and h 8
+//    there exercise the op sequence (the path refuses them).
 // Every output starts as NaN on both sides, so an unwritten element fails. A second check
-// per multi-token case runs the first and the last token alone on the GPU and requires the
-// same bits (the contract: a token's values do not depend on n_tok); it also fails when a
-// last-block counter was left non-zero by the previous call (the outputs stay NaN).
+// per multi-token case runs the first and the last token alone on the GPU (chunks of >= 16:
+// the 16 tokens starting there, see sub_tokens) and requires the same bits (the contract:
+// a token's values do not depend on n_tok); it also fails when a last-block counter was left non-zero by the previous call (the outputs stay NaN).
 //
 // hc_post_site (hc_post then hc_site in one op): reference C->hc_post (y, Hprev, the old
 // post / comb) into a separate buffer, then the sequence above on it. H is compared with
@@ -33,6 +44,8 @@
 // difference, now on an H equal in every bit). The H buffer starts as NaN (an unwritten
 // element fails). Multi-token cases also require tokens alone == in the chunk, from fresh
 // copies of the old post / comb.
+#include <chrono>
+
 #include "ops_harness.h"
 
 namespace {
@@ -57,6 +70,52 @@ bool same_bits(ds4_backend *G, const float *a, const float *b, size_t n) {
     G->read(G, x.data(), a, n * 4);
     G->read(G, y.data(), b, n * 4);
     return memcmp(x.data(), y.data(), n * 4) == 0;
+}
+
+// Tokens per call of the batch-independence check: 1, or 16 (kMmqMinRows) for chunks of
+// at least 16 — production chunks of >= 16 tokens take the large-chunk path
+// (hc_chunk.cu), whose values differ (rounding) from the one-token fused kernel's, so
+// "alone" there means a 16-token call starting at the token.
+int sub_tokens(int nt) { return nt >= 16 ? 16 : 1; }
+
+// Wall time (device-synchronised) of hc_site and hc_post_site on a Flash chunk of nt
+// tokens (h 4, d 4096, F16 fn), the mean of 5 calls after one warm-up; GPU-only buffers.
+void hc_time(ds4_backend *G, const char *mode, int nt) {
+    const ds4_tensor *fn = wt("hcfn");
+    const int h = 4, mw = (2 + h) * h, iters = 20;
+    const int64_t d = 4096, hw = h * d;
+    auto gput = [&](const std::vector<float> &v) {
+        float *p = (float *)G->alloc(G, v.size() * 4);
+        G->write(G, p, v.data(), v.size() * 4);
+        return p;
+    };
+    std::vector<float> nw = rvec((size_t)d, 0.5f), p0 = rvec((size_t)nt * h), c0 = rvec((size_t)nt * h * h, 0.5f);
+    for (auto &v : nw) v += 1.0f;
+    for (auto &v : p0) v += 1.0f;
+    for (auto &v : c0) v += 0.5f;
+    const float s0[3] = {0.6f, -0.8f, 0.9f};
+    float *Hp = gput(rvec((size_t)nt * hw)), *y = gput(rvec((size_t)nt * d)), *H = gput(rvec((size_t)nt * hw));
+    float *sc = gput(std::vector<float>(s0, s0 + 3)), *base = gput(rvec((size_t)mw, 0.5f)), *w = gput(nw);
+    float *post = gput(p0), *comb = gput(c0), *xn = gput(std::vector<float>((size_t)nt * d));
+    char md[16];
+    snprintf(md, sizeof md, "%s", mode);
+    for (size_t i = strlen(md); i > 0 && md[i - 1] == ' '; i--) md[i - 1] = 0;
+    for (int op = 0; op < 2; op++) {
+        double ms = 0;
+        for (int rep = 0; rep <= 5; rep++) {
+            cudaDeviceSynchronize();
+            const auto t0 = std::chrono::steady_clock::now();
+            if (op == 0)
+                G->hc_post_site(G, y, Hp, H, fn, sc, base, nt, h, d, iters, 1e-6, 1e-6, w, post, comb, xn);
+            else
+                G->hc_site(G, fn, sc, base, H, nt, h, d, iters, 1e-6, 1e-6, w, post, comb, xn);
+            cudaDeviceSynchronize();
+            const double dt = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+            if (rep > 0) ms += dt / 5;
+        }
+        printf("time %s %s %d tokens: %.3f ms\n", md, op == 0 ? "hc_post_site" : "hc_site", nt, ms);
+    }
+    for (float *p : {Hp, y, H, sc, base, w, post, comb, xn}) G->release(G, p);
 }
 
 void hc_case(ds4_backend *C, ds4_backend *G, const char *mode, const HcCase &k) {
@@ -95,14 +154,19 @@ void hc_case(ds4_backend *C, ds4_backend *G, const char *mode, const HcCase &k) 
     snprintf(name, sizeof name, "%s hc_site %s xn", mode, k.label);
     check(name, xn, k.tol);
     if (nt > 1) {
-        // the first and the last token alone: the same bits as within the chunk
+        // the first and the last token alone (chunks of >= 16: the 16 tokens starting
+        // there, a call that takes the same large-chunk path): the same bits as within
+        // the chunk
         bool ok = true;
-        for (int t : {0, nt - 1}) {
-            Pair p1 = put(C, G, nans((size_t)h)), c1 = put(C, G, nans((size_t)h * h)), x1 = put(C, G, nans((size_t)d));
-            G->hc_site(G, fn, sc.g, base.g, Hg + (int64_t)t * hw, 1, h, d, iters, hc_eps, eps, w.g, p1.g, c1.g, x1.g);
-            ok = ok && same_bits(G, p1.g, post.g + (int64_t)t * h, (size_t)h) &&
-                 same_bits(G, c1.g, comb.g + (int64_t)t * h * h, (size_t)h * h) &&
-                 same_bits(G, x1.g, xn.g + (int64_t)t * d, (size_t)d);
+        const int sub = sub_tokens(nt);
+        for (int t : {0, nt - sub}) {
+            Pair p1 = put(C, G, nans((size_t)sub * h)), c1 = put(C, G, nans((size_t)sub * h * h));
+            Pair x1 = put(C, G, nans((size_t)sub * d));
+            G->hc_site(G, fn, sc.g, base.g, Hg + (int64_t)t * hw, sub, h, d, iters, hc_eps, eps, w.g, p1.g, c1.g,
+                       x1.g);
+            ok = ok && same_bits(G, p1.g, post.g + (int64_t)t * h, (size_t)sub * h) &&
+                 same_bits(G, c1.g, comb.g + (int64_t)t * h * h, (size_t)sub * h * h) &&
+                 same_bits(G, x1.g, xn.g + (int64_t)t * d, (size_t)sub * d);
             for (Pair *p : {&p1, &c1, &x1}) drop(*p);
         }
         snprintf(name, sizeof name, "%s hc_site %s tokens alone == in chunk", mode, k.label);
@@ -158,18 +222,20 @@ void hcps_case(ds4_backend *C, ds4_backend *G, const char *mode, const HcCase &k
     check(name, xn, k.tol);
     if (nt > 1) {
         bool ok = true;
-        for (int t : {0, nt - 1}) {
-            const std::vector<float> p0(post0.begin() + (size_t)t * h, post0.begin() + (size_t)(t + 1) * h);
-            const std::vector<float> c0(comb0.begin() + (size_t)t * h * h, comb0.begin() + (size_t)(t + 1) * h * h);
-            Pair H1 = put(C, G, nans((size_t)(o + hw))), p1 = put(C, G, p0), c1 = put(C, G, c0);
-            Pair x1 = put(C, G, nans((size_t)d));
+        const int sub = sub_tokens(nt);
+        for (int t : {0, nt - sub}) {
+            const std::vector<float> p0(post0.begin() + (size_t)t * h, post0.begin() + (size_t)(t + sub) * h);
+            const std::vector<float> c0(comb0.begin() + (size_t)t * h * h,
+                                        comb0.begin() + (size_t)(t + sub) * h * h);
+            Pair H1 = put(C, G, nans((size_t)(o + sub * hw))), p1 = put(C, G, p0), c1 = put(C, G, c0);
+            Pair x1 = put(C, G, nans((size_t)sub * d));
             const float *yt = y.g + o + (int64_t)t * d, *Hpt = Hp.g + o + (int64_t)t * hw;
-            G->hc_post_site(G, yt, Hpt, H1.g + o, fn, sc.g, base.g, 1, h, d, iters, hc_eps, eps, w.g, p1.g, c1.g,
+            G->hc_post_site(G, yt, Hpt, H1.g + o, fn, sc.g, base.g, sub, h, d, iters, hc_eps, eps, w.g, p1.g, c1.g,
                             x1.g);
-            ok = ok && same_bits(G, H1.g + o, H.g + o + (int64_t)t * hw, (size_t)hw) &&
-                 same_bits(G, p1.g, post.g + (int64_t)t * h, (size_t)h) &&
-                 same_bits(G, c1.g, comb.g + (int64_t)t * h * h, (size_t)h * h) &&
-                 same_bits(G, x1.g, xn.g + (int64_t)t * d, (size_t)d);
+            ok = ok && same_bits(G, H1.g + o, H.g + o + (int64_t)t * hw, (size_t)sub * hw) &&
+                 same_bits(G, p1.g, post.g + (int64_t)t * h, (size_t)sub * h) &&
+                 same_bits(G, c1.g, comb.g + (int64_t)t * h * h, (size_t)sub * h * h) &&
+                 same_bits(G, x1.g, xn.g + (int64_t)t * d, (size_t)sub * d);
             for (Pair *p : {&H1, &p1, &c1, &x1}) drop(*p);
         }
         snprintf(name, sizeof name, "%s hc_post_site %s tokens alone == in chunk", mode, k.label);
@@ -218,6 +284,18 @@ void ops_fused_hc(ds4_backend *C, ds4_backend *G, const char *mode) {
         {"h8 d512 f16 tok 2", "f16", 8, 512, 2, {s1[0], s1[1], s1[2]}, 2.0f, 0, tf},
         {"h4 d1024 q8_0 (op sequence) tok 2", "q8", 4, 1024, 2, {s0[0], s0[1], s0[2]}, 0.5f, 0, tq},
         {"h4 d1021 f16 tok 2", "hcfn_odd", 4, 1021, 2, {s0[0], s0[1], s0[2]}, 0.5f, 0, tf},
+        // chunks (production: the large-chunk path of hc_chunk.cu from 16 tokens on;
+        // exact: the fused kernel): 16 (one partial warp of a 128-token tile), 300 (a
+        // partial tile), 2048 (Flash's prefill chunk); tiny: one partial 128-element slice
+        {"flash f16 tok 16", "hcfn", 4, 4096, 16, {s0[0], s0[1], s0[2]}, 0.5f, 0, tf},
+        {"flash f16 peaked Sinkhorn tok 300", "hcfn", 4, 4096, 300, {s1[0], s1[1], s1[2]}, 2.0f, 0, tf},
+        {"flash f16 tok 2048", "hcfn", 4, 4096, 2048, {s0[0], s0[1], s0[2]}, 0.5f, 0, tf},
+        {"tiny h2 d64 tok 16", "hcfn_tiny", 2, 64, 16, {s0[0], s0[1], s0[2]}, 0.5f, 0, tf},
+        {"tiny h2 d64 peaked tok 300", "hcfn_tiny", 2, 64, 300, {s1[0], s1[1], s1[2]}, 2.0f, 0, tf},
+        {"tiny h2 d64 tok 2048", "hcfn_tiny", 2, 64, 2048, {s0[0], s0[1], s0[2]}, 0.5f, 0, tf},
+        {"h2 d2048 f16 tok 300", "f16", 2, 2048, 300, {s0[0], s0[1], s0[2]}, 0.5f, 0, tf},
+        // large chunk with unaligned H: hc_chunk refuses, the op sequence runs
+        {"flash f16 H unaligned tok 16", "hcfn", 4, 4096, 16, {s0[0], s0[1], s0[2]}, 0.5f, 1, tf},
     };
     for (const HcCase &k : cases) hc_case(C, G, mode, k);
     if (!G->hc_post_site) {
@@ -243,6 +321,15 @@ void ops_fused_hc(ds4_backend *C, ds4_backend *G, const char *mode) {
         {"h4 d1024 q8_0 (op sequence) tok 2", "q8", 4, 1024, 2, {s0[0], s0[1], s0[2]}, 0.5f, 0, tq},
         // d % 4 != 0 (h 4, d 1021): slices straddle streams on the scalar path
         {"h4 d1021 f16 tok 2", "hcfn_odd", 4, 1021, 2, {s1[0], s1[1], s1[2]}, 2.0f, 0, tf},
+        // chunks (see the hc_site list)
+        {"flash f16 tok 16", "hcfn", 4, 4096, 16, {s0[0], s0[1], s0[2]}, 0.5f, 0, tf},
+        {"flash f16 peaked Sinkhorn tok 300", "hcfn", 4, 4096, 300, {s1[0], s1[1], s1[2]}, 2.0f, 0, tf},
+        {"flash f16 tok 2048", "hcfn", 4, 4096, 2048, {s0[0], s0[1], s0[2]}, 0.5f, 0, tf},
+        {"tiny h2 d64 tok 16", "hcfn_tiny", 2, 64, 16, {s0[0], s0[1], s0[2]}, 0.5f, 0, tf},
+        {"tiny h2 d64 peaked tok 300", "hcfn_tiny", 2, 64, 300, {s1[0], s1[1], s1[2]}, 2.0f, 0, tf},
+        {"tiny h2 d64 tok 2048", "hcfn_tiny", 2, 64, 2048, {s0[0], s0[1], s0[2]}, 0.5f, 0, tf},
+        {"h8 d512 f16 tok 300 (op sequence)", "f16", 8, 512, 300, {s1[0], s1[1], s1[2]}, 2.0f, 0, tf},
     };
     for (const HcCase &k : pcases) hcps_case(C, G, mode, k);
+    hc_time(G, mode, 2048);
 }
