@@ -31,7 +31,15 @@
 //  - position 0 (one row): every output finite.
 #include "ops_harness.h"
 
+#include <cuda_runtime.h>
+
 #include <algorithm>
+#include <chrono>
+
+// Tensor-path kernel variant of attn_n.cu (a test hook, not part of backend.h): 1 = the
+// original kernel, 2 = the default one (DS4_ATTN_N_V picks the process default); another
+// value only returns the current variant.
+extern "C" int ds4_cuda_attn_n_set_variant(int v);
 
 namespace {
 
@@ -174,6 +182,57 @@ void an_case(ds4_backend *C, ds4_backend *G, const char *mode, const AnCase &k) 
     for (Pair *p : {&q, &rw, &cp, &sk, &o}) drop(*p);
 }
 
+// Timing (no verdict): Flash shape (64 heads x 512, n_rot 64, window 128), one prefill
+// chunk of n_tok tokens at positions pos0 .. pos0 + n_tok − 1, production numerics, random
+// f16 rows; R 4 with idx (k_top 512: 128 + 512 rows per token once n_vis > 512) or R 128
+// (all visible). Mean of 3 runs after a warm-up (device-synchronised wall time, includes
+// the f16 staging launch), with the tensor-core rate (hi/lo doubles the f16 mma work).
+void perf_case(ds4_backend *G, const char *mode, const char *what, int R, int64_t pos0, int n_tok) {
+    const int nh = 64, hd = 512, n_win = 128, n_rot = 64, k_top = 512;
+    const int raw_cap = n_tok + n_win;   // the chunk's window rows never wrap onto each other
+    const int64_t qs = (int64_t)nh * hd, ncm = (pos0 + n_tok) / R;
+    std::vector<float> hraw = rvec((size_t)raw_cap * hd), hcomp = rvec((size_t)(ncm > 0 ? ncm : 1) * hd);
+    for (auto &x : hraw) x = f16r(x);
+    for (auto &x : hcomp) x = f16r(x);
+    std::vector<float> hq = rvec((size_t)n_tok * qs), hs = rvec((size_t)nh), inv((size_t)n_rot / 2);
+    for (int j = 0; j < n_rot / 2; j++) inv[j] = powf(10000.f, -2.f * j / (float)n_rot);
+    std::vector<int32_t> hidx((size_t)n_tok * k_top, 0);
+    double rows = 0;
+    for (int t = 0; t < n_tok; t++) {
+        const int64_t p = pos0 + t, nv = (p + 1) / R;
+        for (int c = 0; c < k_top; c++) hidx[(size_t)t * k_top + c] = nv > k_top ? (int32_t)((c * nv) / k_top) : 0;
+        rows += (double)std::min<int64_t>(p + 1, n_win) + (double)(nv > k_top ? k_top : nv);
+    }
+    float *q = (float *)G->alloc(G, hq.size() * 4), *raw = (float *)G->alloc(G, hraw.size() * 4);
+    float *comp = (float *)G->alloc(G, hcomp.size() * 4), *sk = (float *)G->alloc(G, hs.size() * 4);
+    float *out = (float *)G->alloc(G, (size_t)n_tok * qs * 4);
+    int32_t *idx = (int32_t *)G->alloc(G, hidx.size() * sizeof(int32_t));
+    G->write(G, q, hq.data(), hq.size() * 4);
+    G->write(G, raw, hraw.data(), hraw.size() * 4);
+    G->write(G, comp, hcomp.data(), hcomp.size() * 4);
+    G->write(G, sk, hs.data(), hs.size() * 4);
+    G->write(G, idx, hidx.data(), hidx.size() * sizeof(int32_t));
+    double ms = 0;
+    for (int rep = 0; rep <= 3; rep++) {
+        cudaDeviceSynchronize();
+        const auto t0 = std::chrono::steady_clock::now();
+        G->attention_n(G, q, qs, nh, hd, raw, raw_cap, n_win, comp, R, R == 4 ? idx : NULL, k_top, sk,
+                       1.f / sqrtf((float)hd), n_rot, pos0, n_tok, inv.data(), out, qs);
+        cudaDeviceSynchronize();
+        const double dt = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+        if (rep > 0) ms += dt / 3;
+    }
+    const double flop = rows * nh * hd * 2 * 2 * 2;   // QK + P·V, hi + lo, 2 flop per fma
+    printf("time %s attention_n %s 64x512 n_tok %d @%lld (%.0f rows/token): %.3f ms (%.0f TFLOP/s f16 mma)\n", mode,
+           what, n_tok, (long long)pos0, rows / n_tok, ms, flop / (ms * 1e-3) / 1e12);
+    G->release(G, q);
+    G->release(G, raw);
+    G->release(G, comp);
+    G->release(G, sk);
+    G->release(G, out);
+    G->release(G, idx);
+}
+
 }  // namespace
 
 void ops_batch_attn(ds4_backend *C, ds4_backend *G, const char *mode) {
@@ -200,5 +259,30 @@ void ops_batch_attn(ds4_backend *C, ds4_backend *G, const char *mode) {
         {"33 heads hd 256 R 2 idx", 33, 256, 32, 7, 12, 2, 8, true, 20, 4, 1.f, 2, 0},
         {"hd 67 R 3 idx", 4, 67, 16, 5, 8, 3, 4, true, 30, 3, 1.f, 0, 1},
     };
-    for (const AnCase &k : cases) an_case(C, G, mode, k);
+    // On the CUDA backend the tensor-path cases (production, hd 64/128/256/512) run once per
+    // kernel variant (attn_n.cu: v2 default, v1 the original); each is held to the bounds.
+    const bool cuda = !strcmp(G->name, "cuda"), prod = G->numerics == DS4_NUM_PROD;
+    const int v0 = cuda ? ds4_cuda_attn_n_set_variant(0) : 0;
+    for (const AnCase &k : cases) {
+        const bool tc = prod && (k.hd == 64 || k.hd == 128 || k.hd == 256 || k.hd == 512);
+        if (!cuda || !tc) {
+            an_case(C, G, mode, k);
+            continue;
+        }
+        for (int v : {2, 1}) {
+            char vm[32];
+            snprintf(vm, sizeof vm, "%s v%d", mode, v);
+            ds4_cuda_attn_n_set_variant(v);
+            an_case(C, G, vm, k);
+        }
+    }
+    if (cuda && prod)
+        for (int v : {2, 1}) {
+            char vm[32];
+            snprintf(vm, sizeof vm, "%s v%d", mode, v);
+            ds4_cuda_attn_n_set_variant(v);
+            perf_case(G, vm, "CSA R4 idx 512", 4, 2048, 2048);
+            perf_case(G, vm, "HCA R128", 128, 2048, 2048);
+        }
+    if (cuda) ds4_cuda_attn_n_set_variant(v0);
 }
