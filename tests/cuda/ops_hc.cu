@@ -254,8 +254,9 @@ void ops_fused_hc(ds4_backend *C, ds4_backend *G, const char *mode) {
         return;
     }
     char err[256];
-    // the CPU reference's matmul reads rows of up to h*d = 16384 (Flash) inputs
-    if (C->reserve(C, 8, 16384, err, sizeof err) < 0 || G->reserve(G, 8, 16384, err, sizeof err) < 0) {
+    // the CPU reference's matmul reads rows of up to h*d = 16384 (Flash) inputs, for chunks
+    // of up to 2048 tokens
+    if (C->reserve(C, 2048, 16384, err, sizeof err) < 0 || G->reserve(G, 2048, 16384, err, sizeof err) < 0) {
         printf("FAIL %s hc_site: reserve: %s\n", mode, err);
         g_fail++;
         return;

@@ -3,9 +3,9 @@
 // launch (plus one f16 staging launch in production numerics).
 //
 // Owns: k_rows_f16 (the f32 key=value rows a sub-batch can read, rounded to f16 into
-// SCR_ATTN_N), k_attn_n_tc2 (tensor-core path, default: production numerics, hd in {64,
-// 128, 256, 512}; warp-specialised, see "variant 2" below), k_attn_n_tc (the original
-// tensor-core kernel, DS4_ATTN_N_V=1 or the test hook ds4_cuda_attn_n_set_variant),
+// SCR_ATTN_N), k_attn_n_tc (the tensor-core path, default: production numerics, hd in
+// {64, 128, 256, 512}), k_attn_n_tc2 (its warp-specialised variant 2, opt-in with
+// DS4_ATTN_N_V=2 or the test hook ds4_cuda_attn_n_set_variant; see attn_variant),
 // k_attn_n_f32 (CUDA-core f32 path: exact numerics and every other shape), the
 // per-token generic fallback for hd beyond the f32 kernel's shared memory, and the entry
 // point ds4cu_attention_n. Must not: let a token's values depend on the other tokens of
@@ -504,7 +504,7 @@ void tc_launch(cudaStream_t st, unsigned blocks, const AnArgs &a) {
 }
 
 // =====================================================================================
-// tensor-core path, variant 2 (the default; DS4_ATTN_N_V=1 selects k_attn_n_tc above)
+// tensor-core path, variant 2 (opt-in, DS4_ATTN_N_V=2; k_attn_n_tc above is the default)
 // =====================================================================================
 // v1 runs one block of 8 warps per SM (228 registers, ~176 KiB shared memory) whose phases
 // QK -> softmax -> P·V are separated by block barriers, so the tensor pipe idles during the
@@ -824,15 +824,18 @@ void tc2_launch(cudaStream_t st, unsigned blocks, const AnArgs &a) {
     DS4CU_CK(ds4cu::launch(k_attn_n_tc2<HD>, dim3(blocks), dim3(kThreads2), smem, st, a));
 }
 
-// Tensor-path kernel variant: 2 (default) or 1 (DS4_ATTN_N_V=1), read once; tests switch it
+// Tensor-path kernel variant: 1 (default) or 2 (DS4_ATTN_N_V=2), read once; tests switch it
 // with ds4_cuda_attn_n_set_variant (declared by tests/cuda/ops_attnn.cu only, not an API).
+// Variant 2 is opt-in until compute-sanitizer racecheck is clean on it: on an H200 it
+// reported read/write hazards on its row buffers (tiny q2 model, hd 64) that the test cases
+// did not show as wrong values — a race cannot be ruled out from passing outputs.
 std::atomic<int> g_attn_variant{0};
 
 int attn_variant() {
     int v = g_attn_variant.load();
     if (!v) {
         const char *e = getenv("DS4_ATTN_N_V");
-        v = e && atoi(e) == 1 ? 1 : 2;
+        v = e && atoi(e) == 2 ? 2 : 1;
         int z = 0;
         if (!g_attn_variant.compare_exchange_strong(z, v)) v = z;
     }
