@@ -517,24 +517,32 @@ void tc_launch(cudaStream_t st, unsigned blocks, const AnArgs &a) {
 //    hi/lo f16 and α into the parity buffers P[it & 1], alpha[it & 1];
 //  - warps 8..15 ("P·V warps") own O[32 heads][dims (w−8)·hd/8..+hd/8] in registers and
 //    add P_hi·V + P_lo·V of tile it while the QK warps work on tile it + 1.
-// Hand-off by named barriers (bar.arrive by the producer, bar.sync by the consumer, 512
-// threads each): F[b] (ids 2, 3) "P, alpha and the row tile of tile it (it & 1 == b) are
-// ready", E[b] (ids 4, 5) "P·V is done with tile it, its row buffer it % 4 and P[b]"; the
-// QK warps wait E for tile it − 2 before they refill its buffer with tile it + 2 and rewrite
-// P[b]. Each barrier id alternates strictly between one producer and one consumer phase
-// (the producer cannot arrive twice before the consumer synced: see the loops), E is only
-// arrived at when a consumer will wait for it (it + 2 < ntile). Id 1: the QK warps among
-// themselves (256 threads). Per (token, head) the operations and their order are v1's
-// except the softmax tiles of 32 rows (v1: 64): a fixed order, not bit-identical to v1.
+// Hand-off: one named barrier H (id 2, all 512 threads, bar.sync on both sides — no
+// bar.arrive) per tile. The QK warps sync H(it) after writing tile it's P and alpha (its
+// rows are in buffer it % 4: each thread's cp.async group waited, then this barrier makes
+// them visible); the P·V warps sync H(it) before reading tile it, i.e. after their last
+// read of tile it − 1. Invariant: when H(it) completes, the P·V warps are done with every
+// tile < it and the QK warps are done writing tile it. So the QK warps' writes of iteration
+// it + 1 — the cp.async of tile it + 3 into buffer (it + 3) % 4 = (it − 1) % 4 and P/alpha
+// [(it + 1) & 1] — only touch tile it − 1's storage, which P·V left before H(it); while
+// P·V reads tile it (buffer it % 4, P/alpha[it & 1]), the QK warps touch buffers
+// (it + 1 .. it + 3) % 4 and parity (it + 1) & 1 only. Every thread waits at H, so no
+// thread can arrive at H twice in one phase and one id suffices. (Until now the hand-off
+// was bar.arrive by the producer, bar.sync by the consumer, F[b] for "tile ready" and E[b]
+// for "P·V done with tile it − 2": correct by the PTX rule that bar.arrive synchronizes
+// with the completing bar.sync, but compute-sanitizer racecheck reported the softmax's
+// P/alpha stores against the P·V warps' reads, pairs ordered only through a bar.arrive,
+// as hazards (H200, hd 64). The rendezvous lets the
+// QK warps start tile it + 1 under the same condition E gave — P·V done with tile it − 1 —
+// so it costs no overlap.) Id 1: the QK warps among themselves (256 threads); id 6: the
+// end. Per (token, head) the operations and their order are v1's except the softmax tiles
+// of 32 rows (v1: 64): a fixed order, not bit-identical to v1.
 constexpr int kThreads2 = 512;   // v2: 16 warps
 constexpr int kNT2 = 32;         // v2: rows per tile
 constexpr int kNB2 = 4;          // v2: row tile buffers
 
 __device__ __forceinline__ void bar_sync_n(int id, int n) {
     asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(n) : "memory");
-}
-__device__ __forceinline__ void bar_arrive_n(int id, int n) {
-    asm volatile("bar.arrive %0, %1;" ::"r"(id), "r"(n) : "memory");
 }
 
 template <int HD>
@@ -652,8 +660,8 @@ __global__ void __launch_bounds__(kThreads2, 1) k_attn_n_tc2(AnArgs a) {
 
         for (int it = 0; it < ntile; it++) {
             const int b = it & 1;
-            if (it >= 2) bar_sync_n(4 + b, kThreads2);   // E[b]: P·V is done with tile it − 2
-            if (it + 2 < ntile) issue(it + 2);           // into tile it − 2's buffer
+            // H(it − 1) (end of the previous iteration): P·V is done with tile it − 2
+            if (it + 2 < ntile) issue(it + 2);   // into tile it − 2's buffer
             ds4cu::cp_async_commit();
             ds4cu::cp_async_wait<2>();   // this thread's copies of tile it are done
             bar_sync_n(1, QT);           // ... everyone's; softmax(it − 1) has read sp
@@ -710,7 +718,7 @@ __global__ void __launch_bounds__(kThreads2, 1) k_attn_n_tc2(AnArgs a) {
                     if (lane == 0) alpha[b * kHG + h] = al;
                 }
             }
-            bar_arrive_n(2 + b, kThreads2);   // F[b]: tile it's P, alpha (and rows) are ready
+            bar_sync_n(2, kThreads2);   // H(it): tile it's P, alpha, rows are ready; P·V left it − 1
         }
         ds4cu::cp_async_wait<0>();   // (the last groups are empty)
         if (lane == 0) {
@@ -736,7 +744,7 @@ __global__ void __launch_bounds__(kThreads2, 1) k_attn_n_tc2(AnArgs a) {
                 for (int c = 0; c < 4; c++) o[mt][nt][c] = 0.0f;
         for (int it = 0; it < ntile; it++) {
             const int b = it & 1;
-            bar_sync_n(2 + b, kThreads2);   // F[b]
+            bar_sync_n(2, kThreads2);   // H(it): done with tile it − 1; tile it is ready
             const __half *kt = kbuf + (it % kNB2) * kNT2 * KST;
             const __half *phb = ph + b * kHG * PST, *plb = pl + b * kHG * PST;
 #pragma unroll
@@ -784,7 +792,6 @@ __global__ void __launch_bounds__(kThreads2, 1) k_attn_n_tc2(AnArgs a) {
                     }
                 }
             }
-            if (it + 2 < ntile) bar_arrive_n(4 + b, kThreads2);   // E[b]: the QK warps wait for it
         }
         bar_sync_n(6, kThreads2);   // (1) fin is visible; every tile buffer is free
         float *st = reinterpret_cast<float *>(smb + L::kb);   // [kHG][OST] staging
