@@ -59,6 +59,11 @@ constexpr int kProfEv = 8192, kProfLab = 96;
 
 struct cu_impl {
     cudaStream_t st;
+    // a second stream for work that may overlap the main stream's inside one op (the
+    // shared expert of a prefill chunk next to its routed experts): st_cur is where
+    // ds4cu::stream sends launches (NULL: st); fork / join events order the two
+    cudaStream_t st_side, st_cur;
+    cudaEvent_t ev_fork, ev_join;
     int dev;
     char gpu_name[256];
     // resident weights: [hbase, hbase + hsize) of the mapping lives at dbase
@@ -1552,6 +1557,9 @@ void cu_free(ds4_backend *be) {
         for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
             if (bufs[i]) cudaFree(bufs[i]);
         if (im->st) cudaStreamDestroy(im->st);
+        if (im->st_side) cudaStreamDestroy(im->st_side);
+        if (im->ev_fork) cudaEventDestroy(im->ev_fork);
+        if (im->ev_join) cudaEventDestroy(im->ev_join);
         free(im);
     }
     free(be);
@@ -1657,7 +1665,21 @@ void cu_attention_n(ds4_backend *be, const float *q, int64_t qs, int n_head, int
 }  // namespace
 
 namespace ds4cu {
-cudaStream_t stream(ds4_backend *be) { return IMPL(be)->st; }
+cudaStream_t stream(ds4_backend *be) { return IMPL(be)->st_cur ? IMPL(be)->st_cur : IMPL(be)->st; }
+void side_begin(ds4_backend *be) {
+    cu_impl *im = IMPL(be);
+    DS4_ASSERT(!im->st_cur);
+    DS4CU_CK(cudaEventRecord(im->ev_fork, im->st));
+    DS4CU_CK(cudaStreamWaitEvent(im->st_side, im->ev_fork, 0));
+    im->st_cur = im->st_side;
+}
+void side_end(ds4_backend *be) {
+    cu_impl *im = IMPL(be);
+    DS4_ASSERT(im->st_cur == im->st_side);
+    DS4CU_CK(cudaEventRecord(im->ev_join, im->st_side));
+    im->st_cur = NULL;
+}
+void side_join(ds4_backend *be) { DS4CU_CK(cudaStreamWaitEvent(IMPL(be)->st, IMPL(be)->ev_join, 0)); }
 const void *dev_of(ds4_backend *be, const void *host_weight) { return ::dev_of(IMPL(be), host_weight); }
 void *stage(ds4_backend *be, const void *host, size_t bytes) { return ::stage(IMPL(be), host, bytes); }
 void *scratch(ds4_backend *be, int slot, size_t bytes) {
@@ -1703,6 +1725,9 @@ extern "C" int ds4_backend_cuda_create(ds4_backend **out, const ds4_model *m, ds
         TRY_GO(cudaGetDeviceProperties(&prop, 0));
         snprintf(im->gpu_name, sizeof im->gpu_name, "%s", prop.name);
         TRY_GO(cudaStreamCreateWithFlags(&im->st, cudaStreamNonBlocking));
+        TRY_GO(cudaStreamCreateWithFlags(&im->st_side, cudaStreamNonBlocking));
+        TRY_GO(cudaEventCreateWithFlags(&im->ev_fork, cudaEventDisableTiming));
+        TRY_GO(cudaEventCreateWithFlags(&im->ev_join, cudaEventDisableTiming));
         rc = ds4_cuda_matvec_init(err, errlen);
         if (rc < 0) goto fail;
         // the resident weights: the whole data section of the mapping

@@ -18,8 +18,18 @@ extern "C" {
 
 namespace ds4cu {
 
-// The backend's one stream: every launch of an op goes there (in stream order).
+// The backend's stream: every launch of an op goes there (in stream order) — the side
+// stream between side_begin and side_end.
 cudaStream_t stream(ds4_backend *be);
+// Work inside one op that may overlap the main stream: side_begin orders the side stream
+// after everything launched so far and sends ds4cu::stream's launches there; side_end
+// sends them back to the main stream; side_join makes the main stream wait for the side
+// work. Between begin and join the two streams must not touch the same bytes except for
+// reads of data written before side_begin; nothing may grow scratch (ds4cu::scratch) in
+// between. Not nestable.
+void side_begin(ds4_backend *be);
+void side_end(ds4_backend *be);
+void side_join(ds4_backend *be);
 // Device address of a weight's host pointer (inside the model mapping: t->data).
 const void *dev_of(ds4_backend *be, const void *host_weight);
 // Copies `bytes` of host memory to device memory usable by kernels launched afterwards
