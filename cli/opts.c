@@ -61,7 +61,7 @@ void ds4_cli_usage(void) {
            "  --hide-reasoning        do not print the reasoning\n"
            "  --cpu | --cuda          backend\n"
            "  -t, --threads N         CPU threads\n"
-           "  --prefill-chunk N       prompt processing chunk size (default: CPU 64, CUDA 2048)\n"
+           "  --prefill-chunk N       prompt processing chunk size (default: CPU 64, CUDA 4096)\n"
            "  --dump-tokens           print the prompt's tokens (ID<TAB>TEXT) and exit\n"
            "  --dump-rendered         print the rendered chat prompt's tokens and exit\n"
            "  --tokens LIST|@F.json   evaluate exactly these token ids\n"

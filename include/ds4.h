@@ -67,7 +67,7 @@ const char *ds4_engine_backend_name(const ds4_engine *e);
 typedef struct {
     int ctx;             /* maximum tokens in the timeline (> 0) */
     int rewind_window;   /* W: a rewind by <= W tokens is exact and cheap; default 1024 */
-    int prefill_chunk;   /* tokens per prefill step; 0 (default): the backend's (CPU 64, CUDA 2048, at most ctx) */
+    int prefill_chunk;   /* tokens per prefill step; 0 (default): the backend's (CPU 64, CUDA 4096, at most ctx) */
 } ds4_session_options;
 
 void ds4_session_options_default(ds4_session_options *o);

@@ -23,10 +23,11 @@ void ds4_session_options_default(ds4_session_options *o) {
 
 /* Prefill chunk when the caller leaves it at 0: the CPU gains nothing from chunks much
  * larger than its cache-sized matmul batches, while the CUDA backend's batched prefill ops
- * and tensor-core matmuls need thousands of rows to fill the GPU (bench/RESULTS.md); never
- * more than the context (the scratch grows with the chunk). */
+ * and tensor-core matmuls need thousands of rows to fill the GPU (bench/RESULTS.md, 43-layer
+ * q2 on an H200: 3,380 / 3,870 / 4,063 tok/s at chunks of 2048 / 4096 / 8192, for 3.7 /
+ * 7.2 / 16.4 GB of session scratch); never more than the context. */
 int ds4_engine_prefill_chunk(const ds4_engine *e, int ctx) {
-    const int c = strcmp(e->be->name, "cuda") ? 64 : 2048;
+    const int c = strcmp(e->be->name, "cuda") ? 64 : 4096;
     return c < ctx ? c : (ctx > 0 ? ctx : 1);
 }
 
