@@ -36,11 +36,6 @@
 #include <algorithm>
 #include <chrono>
 
-// Tensor-path kernel variant of attn_n.cu (a test hook, not part of backend.h): 1 = the
-// original kernel, 2 = the default one (DS4_ATTN_N_V picks the process default); another
-// value only returns the current variant.
-extern "C" int ds4_cuda_attn_n_set_variant(int v);
-
 namespace {
 
 void verdict(bool ok, const char *name) {
@@ -259,30 +254,9 @@ void ops_batch_attn(ds4_backend *C, ds4_backend *G, const char *mode) {
         {"33 heads hd 256 R 2 idx", 33, 256, 32, 7, 12, 2, 8, true, 20, 4, 1.f, 2, 0},
         {"hd 67 R 3 idx", 4, 67, 16, 5, 8, 3, 4, true, 30, 3, 1.f, 0, 1},
     };
-    // On the CUDA backend the tensor-path cases (production, hd 64/128/256/512) run once per
-    // kernel variant (attn_n.cu: v2 default, v1 the original); each is held to the bounds.
-    const bool cuda = !strcmp(G->name, "cuda"), prod = G->numerics == DS4_NUM_PROD;
-    const int v0 = cuda ? ds4_cuda_attn_n_set_variant(0) : 0;
-    for (const AnCase &k : cases) {
-        const bool tc = prod && (k.hd == 64 || k.hd == 128 || k.hd == 256 || k.hd == 512);
-        if (!cuda || !tc) {
-            an_case(C, G, mode, k);
-            continue;
-        }
-        for (int v : {2, 1}) {
-            char vm[32];
-            snprintf(vm, sizeof vm, "%s v%d", mode, v);
-            ds4_cuda_attn_n_set_variant(v);
-            an_case(C, G, vm, k);
-        }
+    for (const AnCase &k : cases) an_case(C, G, mode, k);
+    if (!strcmp(G->name, "cuda") && G->numerics == DS4_NUM_PROD) {
+        perf_case(G, mode, "CSA R4 idx 512", 4, 2048, 2048);
+        perf_case(G, mode, "HCA R128", 128, 2048, 2048);
     }
-    if (cuda && prod)
-        for (int v : {2, 1}) {
-            char vm[32];
-            snprintf(vm, sizeof vm, "%s v%d", mode, v);
-            ds4_cuda_attn_n_set_variant(v);
-            perf_case(G, vm, "CSA R4 idx 512", 4, 2048, 2048);
-            perf_case(G, vm, "HCA R128", 128, 2048, 2048);
-        }
-    if (cuda) ds4_cuda_attn_n_set_variant(v0);
 }
