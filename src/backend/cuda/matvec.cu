@@ -43,6 +43,7 @@
 #include <cstring>
 #include <mutex>
 
+#include "backend/cuda/act_quant.cuh"
 #include "backend/cuda/common.cuh"
 #include "backend/cuda/cuda_matvec.h"
 
@@ -414,78 +415,9 @@ __device__ __forceinline__ float unit_dot(const uint8_t *row, int u, int ug, con
     }
 }
 
-// ---- activation quantizers (shared by the fused prologue and the stand-alone kernel) ----
-
-// Q8_0: each lane holds 4 consecutive values; 8 aligned lanes form one 32-element block.
-// Same operations as quant_q8_0(act = true): d = amax/127, q = rint(clamp(x·(1/d))).
-__device__ __forceinline__ uint32_t q8_0_quant_lane(const float v[4], float *d_out) {
-    float amax = fmaxf(fmaxf(fabsf(v[0]), fabsf(v[1])), fmaxf(fabsf(v[2]), fabsf(v[3])));
-    amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 1));
-    amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 2));
-    amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 4));
-    const float d = amax / 127.0f;
-    const float id = d != 0.0f ? 1.0f / d : 0.0f;
-    uint32_t q = 0;
-#pragma unroll
-    for (int i = 0; i < 4; i++) {
-        const int qi = (int)rintf(fminf(fmaxf(__fmul_rn(v[i], id), -128.0f), 127.0f));
-        q |= (uint32_t)(qi & 255) << (8 * i);
-    }
-    *d_out = d;
-    return q;
-}
-
-// Q8_K: one warp per 256-element block, lane holds elements 8·lane .. 8·lane+7. The
-// scale comes from the first element of largest |x| (sign kept), as quant_q8_k.
-struct Q8KLane {
-    uint32_t qlo, qhi;  // the lane's 8 quants
-    int bsum16;         // sum of the 16 quants of lanes (2m, 2m+1), in both lanes
-    float d;            // block scale (0 for an all-zero block)
-};
-__device__ __forceinline__ Q8KLane q8_k_quant_lane(const float v[8], int lane) {
-    float a = 0.0f, xm = 0.0f;
-    int idx = 0x7fffffff;
-#pragma unroll
-    for (int j = 0; j < 8; j++) {
-        if (fabsf(v[j]) > a) {
-            a = fabsf(v[j]);
-            xm = v[j];
-            idx = 8 * lane + j;
-        }
-    }
-#pragma unroll
-    for (int off = 16; off >= 1; off >>= 1) {
-        const float oa = __shfl_xor_sync(0xffffffffu, a, off);
-        const float ox = __shfl_xor_sync(0xffffffffu, xm, off);
-        const int oi = __shfl_xor_sync(0xffffffffu, idx, off);
-        if (oa > a || (oa == a && oi < idx)) {
-            a = oa;
-            xm = ox;
-            idx = oi;
-        }
-    }
-    Q8KLane r;
-    if (a == 0.0f) {
-        r.qlo = r.qhi = 0;
-        r.bsum16 = 0;
-        r.d = 0.0f;
-        return r;
-    }
-    const float iscale = -127.0f / xm;
-    int s = 0;
-    uint32_t q[2] = {0, 0};
-#pragma unroll
-    for (int j = 0; j < 8; j++) {
-        const int qi = (int)rintf(fminf(fmaxf(__fmul_rn(iscale, v[j]), -128.0f), 127.0f));
-        s += qi;
-        q[j >> 2] |= (uint32_t)(qi & 255) << (8 * (j & 3));
-    }
-    r.qlo = q[0];
-    r.qhi = q[1];
-    r.bsum16 = s + __shfl_xor_sync(0xffffffffu, s, 1);
-    r.d = 1.0f / iscale;
-    return r;
-}
+// ---- activation quantizers: q8_0_quant_lane / q8_k_quant_lane live in act_quant.cuh
+// (shared with moe_prefill.cu); the fused prologue and the stand-alone kernels below store
+// their results.
 
 // ---- block prologue: activation vectors into shared memory --------------------------------
 

@@ -21,6 +21,7 @@
 //      dense mmq down -> SH [n][d];
 //   6. k_pf_combine: y[t] = Σ_j DN[pos[t·k + j]] in j order (the router's ascending
 //      expert ids) from zero, + SH[t]: the generic sequence's axpy order.
+#include "act_quant.cuh"
 #include "common.cuh"
 #include "cuda_internal.h"
 #include "cuda_matvec.h"
@@ -56,20 +57,12 @@ __device__ __forceinline__ float pf_swiglu(float g, float u, float limit, float 
 // (lane: elements 4·(lane & 7) .. + 3 of block lane >> 3). Every lane of the warp must
 // call (shuffles); lanes whose block is past the row pass zeros and store nothing.
 
-// Q8_0: d = amax/127 (stored f16), q = rint(clamp(x · (1/d), −128, 127)).
+// The math is act_quant.cuh's (shared with matvec.cu); these store its result as GGML blocks.
+
+// Q8_0: block of 34 bytes (f16 d, 32 int8), 2-byte aligned; ok = this lane's block is in the row.
 __device__ __forceinline__ void pf_store_q8_0(uint8_t *blk, bool ok, const float v[4], int lane) {
-    float amax = fmaxf(fmaxf(fabsf(v[0]), fabsf(v[1])), fmaxf(fabsf(v[2]), fabsf(v[3])));
-    amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 1));
-    amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 2));
-    amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 4));
-    const float d = amax / 127.0f;
-    const float id = d != 0.0f ? 1.0f / d : 0.0f;
-    uint32_t q = 0;
-#pragma unroll
-    for (int i = 0; i < 4; i++) {
-        const int qi = (int)rintf(fminf(fmaxf(__fmul_rn(v[i], id), -128.0f), 127.0f));
-        q |= (uint32_t)(qi & 255) << (8 * i);
-    }
+    float d;
+    const uint32_t q = ds4cu::q8_0_quant_lane(v, &d);
     if (!ok) return;
     uint16_t *qh = (uint16_t *)(blk + 2 + 4 * (lane & 7));  // blocks are 34 bytes: 2-byte aligned
     qh[0] = (uint16_t)q;
@@ -77,48 +70,14 @@ __device__ __forceinline__ void pf_store_q8_0(uint8_t *blk, bool ok, const float
     if ((lane & 7) == 0) *(uint16_t *)blk = __half_as_ushort(__float2half_rn(d));
 }
 
-// Q8_K: the first element of largest |x| maps to −127 (iscale = −127/x_max, d = 1/iscale,
-// an all-zero block stays all zero); bsums of 16 per lane pair. blk 4-byte aligned.
+// Q8_K: block of 292 bytes (f32 d, 256 int8, 16 int16 bsums), 4-byte aligned.
 __device__ __forceinline__ void pf_store_q8_k(uint8_t *blk, const float v[8], int lane) {
-    float a = 0.0f, xm = 0.0f;
-    int idx = 0x7fffffff;
-#pragma unroll
-    for (int j = 0; j < 8; j++)
-        if (fabsf(v[j]) > a) {
-            a = fabsf(v[j]);
-            xm = v[j];
-            idx = 8 * lane + j;
-        }
-#pragma unroll
-    for (int off = 16; off >= 1; off >>= 1) {
-        const float oa = __shfl_xor_sync(0xffffffffu, a, off);
-        const float ox = __shfl_xor_sync(0xffffffffu, xm, off);
-        const int oi = __shfl_xor_sync(0xffffffffu, idx, off);
-        if (oa > a || (oa == a && oi < idx)) {
-            a = oa;
-            xm = ox;
-            idx = oi;
-        }
-    }
-    uint32_t q[2] = {0, 0};
-    int s = 0;
-    float d = 0.0f;
-    if (a != 0.0f) {  // warp-uniform (a is the warp's maximum)
-        const float iscale = -127.0f / xm;
-#pragma unroll
-        for (int j = 0; j < 8; j++) {
-            const int qi = (int)rintf(fminf(fmaxf(__fmul_rn(iscale, v[j]), -128.0f), 127.0f));
-            s += qi;
-            q[j >> 2] |= (uint32_t)(qi & 255) << (8 * (j & 3));
-        }
-        d = 1.0f / iscale;
-    }
-    s += __shfl_xor_sync(0xffffffffu, s, 1);
+    const ds4cu::Q8KLane r = ds4cu::q8_k_quant_lane(v, lane);
     uint32_t *qw = (uint32_t *)(blk + 4 + 8 * lane);
-    qw[0] = q[0];
-    qw[1] = q[1];
-    if ((lane & 1) == 0) ((int16_t *)(blk + 260))[lane >> 1] = (int16_t)s;
-    if (lane == 0) *(float *)blk = d;
+    qw[0] = r.qlo;
+    qw[1] = r.qhi;
+    if ((lane & 1) == 0) ((int16_t *)(blk + 260))[lane >> 1] = (int16_t)r.bsum16;
+    if (lane == 0) *(float *)blk = r.d;
 }
 
 // Warps per row of k values: one per Q8_K block, one per four Q8_0 blocks.
