@@ -11,6 +11,7 @@
 // depend on timing: every sum has an order fixed by the shapes alone.
 #include "common.cuh"
 #include "cuda_internal.h"
+#include "topk_radix.cuh"
 
 #include <math.h>
 #include <string.h>
@@ -29,54 +30,14 @@ constexpr unsigned kFull = 0xffffffffu;
 // =====================================================================================
 // topk_dev
 // =====================================================================================
-// Selection semantics of ds4_topk_host (cpu_backend.c, better()): higher score first,
-// equal scores (x == y, so -0 == +0) to the lower index, every NaN below everything
-// (-inf included) and NaNs equal among themselves. tk_key maps a float to a uint32 whose
-// unsigned order is exactly that value order (NaN -> 0, ±0 -> one key), so "the k
-// largest keys, ties to the lower index" is the same set.
-//
-// One block of 1024 threads:
-//  1. radix select over the key in digits of 11, 11, 10 bits (a 2048-bin shared
-//     histogram; 8 copies indexed by lane & 7 so that concentrated digits — scores share
-//     a few exponents — serialise at most 4 lanes per address). Each pass finds the bin
-//     holding the krem-th largest among the keys matching the prefix so far; it stops
-//     early when that bin is taken whole. Result: prefix P of the top (32 - sh) bits,
-//     and `need` = how many keys with (key >> sh) == P to take (the lowest indices).
-//  2. ordered compaction: warp w owns the index range [w·W, (w+1)·W); a first sweep
-//     counts "greater" and "equal" per warp, one exclusive scan over the 32 warps gives
-//     each warp its output offset and equal-rank base, a second sweep writes the
-//     selected indices with ballot prefix counts: ascending index order, no sort.
-// Keys are cached in shared memory when n <= kTkCache (later passes read them there),
-// else every pass re-reads the scores (L2-resident: indexer_scores just wrote them).
-constexpr int kTkThreads = 1024, kTkCopies = 8, kTkBins = 2048;
-constexpr int kTkStride = kTkBins + 4;   // copy c starts 4 banks after copy c-1
+// The selection itself (semantics of ds4_topk_host, radix select + ordered compaction) is
+// ds4cu::topk::select_row (topk_radix.cuh). This kernel's choices: one block of 1024
+// threads for the one row; keys cached in shared memory when n <= kTkCache, else every
+// pass re-reads the scores (L2-resident: indexer_scores just wrote them); compaction
+// loads 4 keys per lane per step.
+constexpr int kTkThreads = 1024;
 constexpr int kTkCache = 36864;          // keys cached in shared memory (144 KiB)
-constexpr size_t kTkHistBytes = (size_t)kTkCopies * kTkStride * sizeof(uint32_t);
-
-__device__ __forceinline__ uint32_t tk_key(float x) {
-    const uint32_t u = __float_as_uint(x);
-    if (x != x) return 0u;                 // NaN: ranks last; all NaNs tie
-    if (x == 0.0f) return 0x80000000u;     // -0 == +0
-    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
-}
-
-template <bool CACHE>
-__device__ __forceinline__ uint32_t tk_get(const float *__restrict__ score, const uint32_t *cache, int i) {
-    if (CACHE) return cache[i];
-    return tk_key(__ldg(score + i));
-}
-
-// The keys of indices b0 + 32u + lane (u < 4) below end, 0 past it: both compaction
-// passes read the same four per lane, all loads issued first.
-template <bool CACHE>
-__device__ __forceinline__ void tk_load4(const float *score, const uint32_t *cache, int64_t b0, int64_t end, int lane,
-                                         uint32_t kk[4]) {
-#pragma unroll
-    for (int u = 0; u < 4; u++) {
-        const int64_t i = b0 + u * 32 + lane;
-        kk[u] = i < end ? tk_get<CACHE>(score, cache, (int)i) : 0u;
-    }
-}
+constexpr size_t kTkHistBytes = ds4cu::topk::kHistBytes;
 
 // score [n] (backend memory), idx [k] (backend memory), 1 <= k <= n.
 template <bool CACHE>
@@ -85,163 +46,11 @@ __global__ void __launch_bounds__(kTkThreads, 1) k_topk(const float *__restrict_
     ds4cu::pdl_wait();     // launched with PDL (ds4cu::launch): the previous kernel's
     ds4cu::pdl_trigger();  // outputs are visible only after the wait
     extern __shared__ uint32_t tk_sm[];
-    uint32_t *hist = tk_sm;                          // [kTkCopies][kTkStride]
-    uint32_t *cache = tk_sm + kTkCopies * kTkStride; // [n] keys when CACHE
-    __shared__ uint32_t s_wsum[32], s_wscan[32], s_sel[3], s_gt[32], s_eq[32];
+    uint32_t *hist = tk_sm;                                                  // [kCopies][kStride]
+    uint32_t *cache = tk_sm + ds4cu::topk::kCopies * ds4cu::topk::kStride;   // [n] keys when CACHE
+    __shared__ ds4cu::topk::Workspace<kTkThreads / 32> ws;
     const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
-
-    uint32_t P = 0;      // prefix of the determined top bits
-    int sh = 32;         // (key >> sh) is compared with P; 32 = nothing determined yet
-    int krem = k;        // how many of the keys with (key >> sh) == P are still to take
-    for (int p = 0; p < 3; p++) {
-        const int dsh = p == 0 ? 21 : p == 1 ? 10 : 0, bits = p == 2 ? 10 : 11, nb = 1 << bits;
-        for (int i = tid; i < kTkCopies * kTkStride; i += kTkThreads) hist[i] = 0;
-        __syncthreads();
-        uint32_t *h = hist + (lane & (kTkCopies - 1)) * kTkStride;
-        if (p == 0) {
-            // all loads of a thread's 8 elements first: one memory round trip per 8
-            for (int i0 = tid; i0 < n; i0 += 8 * kTkThreads) {
-                float v[8];
-#pragma unroll
-                for (int u = 0; u < 8; u++) {
-                    const int i = i0 + u * kTkThreads;
-                    v[u] = i < n ? __ldg(score + i) : 0.0f;
-                }
-#pragma unroll
-                for (int u = 0; u < 8; u++) {
-                    const int i = i0 + u * kTkThreads;
-                    if (i < n) {
-                        const uint32_t key = tk_key(v[u]);
-                        if (CACHE) cache[i] = key;
-                        atomicAdd(&h[key >> dsh], 1u);
-                    }
-                }
-            }
-        } else {
-            const uint32_t msk = (uint32_t)nb - 1;
-            for (int i0 = tid; i0 < n; i0 += 8 * kTkThreads) {
-                uint32_t kk[8];
-#pragma unroll
-                for (int u = 0; u < 8; u++) {
-                    const int i = i0 + u * kTkThreads;
-                    kk[u] = i < n ? tk_get<CACHE>(score, cache, i) : 0u;
-                }
-#pragma unroll
-                for (int u = 0; u < 8; u++) {
-                    const int i = i0 + u * kTkThreads;
-                    if (i < n && (kk[u] >> sh) == P) atomicAdd(&h[(kk[u] >> dsh) & msk], 1u);
-                }
-            }
-        }
-        __syncthreads();
-        // Bins in descending order: thread t owns ranks [t·bpt, (t+1)·bpt), rank r = bin
-        // nb-1-r. A block-wide scan of the per-thread totals gives each rank's count of
-        // keys in higher bins; the one rank where that count < krem <= count + its own
-        // holds the krem-th largest.
-        const int bpt = nb / kTkThreads;   // 2 or 1
-        uint32_t cnt[2] = {0, 0}, local = 0;
-#pragma unroll
-        for (int q = 0; q < 2; q++) {
-            if (q < bpt) {
-                const int b = nb - 1 - (tid * bpt + q);
-                uint32_t c = 0;
-#pragma unroll
-                for (int cp = 0; cp < kTkCopies; cp++) c += hist[cp * kTkStride + b];
-                cnt[q] = c;
-                local += c;
-            }
-        }
-        uint32_t incl = local;
-#pragma unroll
-        for (int o = 1; o < 32; o <<= 1) {
-            const uint32_t t = __shfl_up_sync(kFull, incl, o);
-            if (lane >= o) incl += t;
-        }
-        if (lane == 31) s_wsum[w] = incl;
-        __syncthreads();
-        if (w == 0) {
-            uint32_t v = s_wsum[lane];
-#pragma unroll
-            for (int o = 1; o < 32; o <<= 1) {
-                const uint32_t t = __shfl_up_sync(kFull, v, o);
-                if (lane >= o) v += t;
-            }
-            s_wscan[lane] = v;
-        }
-        __syncthreads();
-        uint32_t ex = (w > 0 ? s_wscan[w - 1] : 0u) + incl - local;
-#pragma unroll
-        for (int q = 0; q < 2; q++) {
-            if (q < bpt) {
-                if (ex < (uint32_t)krem && ex + cnt[q] >= (uint32_t)krem) {
-                    s_sel[0] = (uint32_t)(nb - 1 - (tid * bpt + q));
-                    s_sel[1] = ex;
-                    s_sel[2] = cnt[q];
-                }
-                ex += cnt[q];
-            }
-        }
-        __syncthreads();
-        P = (sh == 32 ? 0u : P << bits) | s_sel[0];
-        sh = dsh;
-        krem -= (int)s_sel[1];
-        if ((uint32_t)krem == s_sel[2]) break;   // the whole bin is taken (uniform)
-    }
-    // (s_sel is rewritten only after two more barriers, so every thread has read it.)
-
-    // ---- ordered compaction
-    const int64_t per = (((int64_t)n + 31) / 32 + 31) / 32 * 32;   // indices per warp
-    const int64_t beg = (int64_t)w * per;
-    const int64_t end = beg + per < n ? beg + per : (int64_t)n;
-    const uint32_t lt = (1u << lane) - 1u;
-    uint32_t cg = 0, ce = 0;
-    for (int64_t b0 = beg; b0 < end; b0 += 128) {
-        uint32_t kk[4];
-        tk_load4<CACHE>(score, cache, b0, end, lane, kk);
-#pragma unroll
-        for (int u = 0; u < 4; u++) {
-            const int64_t i = b0 + u * 32 + lane;
-            const bool v = i < end;
-            const uint32_t hi = sh == 32 ? 0u : kk[u] >> sh;
-            cg += __popc(__ballot_sync(kFull, v && hi > P));
-            ce += __popc(__ballot_sync(kFull, v && hi == P));
-        }
-    }
-    if (lane == 0) {
-        s_gt[w] = cg;
-        s_eq[w] = ce;
-    }
-    __syncthreads();
-    uint32_t g = s_gt[lane], e = s_eq[lane];
-#pragma unroll
-    for (int o = 1; o < 32; o <<= 1) {
-        const uint32_t tg = __shfl_up_sync(kFull, g, o), te = __shfl_up_sync(kFull, e, o);
-        if (lane >= o) {
-            g += tg;
-            e += te;
-        }
-    }
-    const uint32_t need = (uint32_t)krem;
-    const uint32_t gw = __shfl_sync(kFull, g, w) - s_gt[w];   // "greater" in warps < w
-    uint32_t seen = __shfl_sync(kFull, e, w) - s_eq[w];       // "equal" in warps < w
-    uint32_t pos = gw + (seen < need ? seen : need);
-    for (int64_t b0 = beg; b0 < end; b0 += 128) {
-        uint32_t kk[4];
-        tk_load4<CACHE>(score, cache, b0, end, lane, kk);
-#pragma unroll
-        for (int u = 0; u < 4; u++) {
-            const int64_t i = b0 + u * 32 + lane;
-            const bool v = i < end;
-            const uint32_t hi = sh == 32 ? 0u : kk[u] >> sh;
-            const bool gt = v && hi > P, eq = v && hi == P;
-            const uint32_t me = __ballot_sync(kFull, eq);
-            const bool sel = gt || (eq && seen + __popc(me & lt) < need);
-            const uint32_t ms = __ballot_sync(kFull, sel);
-            if (sel) idx[pos + __popc(ms & lt)] = (int32_t)i;
-            pos += __popc(ms);
-            seen += __popc(me);
-        }
-    }
+    ds4cu::topk::select_row<kTkThreads, CACHE, 4>(score, n, k, idx, tid, lane, w, hist, cache, ws);
 }
 
 // =====================================================================================

@@ -35,6 +35,7 @@
 // and when there are few token tiles the key range is split over grid.y so the GPU fills.
 #include "common.cuh"
 #include "cuda_internal.h"
+#include "topk_radix.cuh"
 
 #include <cuda_bf16.h>
 
@@ -66,10 +67,8 @@ constexpr int kGDp = kGDc + 4; // padded row: key rows 16 apart hit distinct ban
 
 // ---- top-k constants (the algorithm of fused_attn.cu's k_topk, one block per token)
 constexpr int kTkThreads = 512, kTkWarps = kTkThreads / 32;
-constexpr int kTkCopies = 8, kTkBins = 2048;
-constexpr int kTkStride = kTkBins + 4;   // copy c starts 4 banks after copy c-1
 constexpr int kTkCache = 36864;          // keys cached in shared memory (144 KiB)
-constexpr size_t kTkHistBytes = (size_t)kTkCopies * kTkStride * sizeof(uint32_t);
+constexpr size_t kTkHistBytes = ds4cu::topk::kHistBytes;
 
 // Score rows larger than this are produced and selected in passes of fewer tokens.
 constexpr size_t kPassBytes = (size_t)512 << 20;
@@ -347,24 +346,10 @@ __global__ void __launch_bounds__(kGThreads)
 // =====================================================================================
 // batched top-k: one block per token
 // =====================================================================================
-// Semantics of ds4_topk_host (cpu_backend.c better()): higher score first, equal scores
-// (so -0 == +0) to the lower index, NaN below everything and NaNs equal. tk_key maps a
-// float to a uint32 whose unsigned order is that order. Algorithm as fused_attn.cu's
-// k_topk: radix select on digits of 11, 11, 10 bits (8 histogram copies by lane & 7), then
-// an ordered compaction (per-warp index ranges, a warp scan of the counts, ballot prefix
-// counts): ascending index order, no sort, no timing dependence.
-__device__ __forceinline__ uint32_t tk_key(float x) {
-    const uint32_t u = __float_as_uint(x);
-    if (x != x) return 0u;
-    if (x == 0.0f) return 0x80000000u;
-    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
-}
-
-template <bool CACHE>
-__device__ __forceinline__ uint32_t tk_get(const float *__restrict__ sc, const uint32_t *cache, int64_t i) {
-    if (CACHE) return cache[i];
-    return tk_key(__ldg(sc + i));
-}
+// The selection (semantics of ds4_topk_host, radix select + ordered compaction) is
+// ds4cu::topk::select_row (topk_radix.cuh), the algorithm of fused_attn.cu's k_topk. This
+// kernel's choices: blocks of kTkThreads (512, launch bounds for two blocks per SM),
+// keys cached in shared memory when n_vis <= kTkCache, one key per lane per compaction step.
 
 // score: row b (token t_beg + b) at score + b·ss with n = n_vis(t) > k entries; idx row t at
 // idx + t·k (backend memory).
@@ -375,147 +360,15 @@ __global__ void __launch_bounds__(kTkThreads, 2)
     ds4cu::pdl_wait();
     ds4cu::pdl_trigger();
     extern __shared__ uint32_t tk_sm[];
-    uint32_t *hist = tk_sm;                            // [kTkCopies][kTkStride]
-    uint32_t *cache = tk_sm + kTkCopies * kTkStride;   // [n] keys when CACHE
-    __shared__ uint32_t s_wsum[kTkWarps], s_wscan[kTkWarps], s_sel[3], s_gt[kTkWarps], s_eq[kTkWarps];
+    uint32_t *hist = tk_sm;                                                  // [kCopies][kStride]
+    uint32_t *cache = tk_sm + ds4cu::topk::kCopies * ds4cu::topk::kStride;   // [n] keys when CACHE
+    __shared__ ds4cu::topk::Workspace<kTkWarps> ws;
     const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
     const int t = t_beg + (int)blockIdx.x;
     const int n = (int)n_vis_of(pos0, t, R);
     const float *sc = score + (int64_t)blockIdx.x * ss;
     int32_t *out = idx + (int64_t)t * k;
-
-    uint32_t P = 0;   // prefix of the determined top bits
-    int sh = 32;      // (key >> sh) is compared with P; 32 = nothing determined yet
-    int krem = k;     // how many keys with (key >> sh) == P are still to take
-    for (int p = 0; p < 3; p++) {
-        const int dsh = p == 0 ? 21 : p == 1 ? 10 : 0, bits = p == 2 ? 10 : 11, nb = 1 << bits;
-        for (int i = tid; i < kTkCopies * kTkStride; i += kTkThreads) hist[i] = 0;
-        __syncthreads();
-        uint32_t *h = hist + (lane & (kTkCopies - 1)) * kTkStride;
-        const uint32_t msk = (uint32_t)nb - 1;
-        for (int i0 = tid; i0 < n; i0 += 8 * kTkThreads) {
-            uint32_t kk[8];
-#pragma unroll
-            for (int u = 0; u < 8; u++) {   // every load first: one memory round trip per 8
-                const int i = i0 + u * kTkThreads;
-                kk[u] = i < n ? (p == 0 ? tk_key(__ldg(sc + i)) : tk_get<CACHE>(sc, cache, i)) : 0u;
-            }
-#pragma unroll
-            for (int u = 0; u < 8; u++) {
-                const int i = i0 + u * kTkThreads;
-                if (i >= n) continue;
-                if (p == 0) {
-                    if (CACHE) cache[i] = kk[u];
-                    atomicAdd(&h[kk[u] >> dsh], 1u);
-                } else if ((kk[u] >> sh) == P) {
-                    atomicAdd(&h[(kk[u] >> dsh) & msk], 1u);
-                }
-            }
-        }
-        __syncthreads();
-        // Bins in descending order: thread tid owns ranks [tid·bpt, (tid+1)·bpt), rank r =
-        // bin nb-1-r. A block scan of the per-thread totals gives each rank the count of
-        // keys in higher bins; the rank where count < krem <= count + own holds the
-        // krem-th largest.
-        constexpr int kMaxBpt = kTkBins / kTkThreads;
-        const int bpt = nb / kTkThreads;
-        uint32_t cnt[kMaxBpt], local = 0;
-#pragma unroll
-        for (int qq = 0; qq < kMaxBpt; qq++) {
-            cnt[qq] = 0;
-            if (qq < bpt) {
-                const int b = nb - 1 - (tid * bpt + qq);
-                uint32_t c = 0;
-#pragma unroll
-                for (int cp = 0; cp < kTkCopies; cp++) c += hist[cp * kTkStride + b];
-                cnt[qq] = c;
-                local += c;
-            }
-        }
-        uint32_t incl = local;
-#pragma unroll
-        for (int o = 1; o < 32; o <<= 1) {
-            const uint32_t x = __shfl_up_sync(kFull, incl, o);
-            if (lane >= o) incl += x;
-        }
-        if (lane == 31) s_wsum[w] = incl;
-        __syncthreads();
-        if (w == 0) {
-            uint32_t v = lane < kTkWarps ? s_wsum[lane] : 0u;
-#pragma unroll
-            for (int o = 1; o < 32; o <<= 1) {
-                const uint32_t x = __shfl_up_sync(kFull, v, o);
-                if (lane >= o) v += x;
-            }
-            if (lane < kTkWarps) s_wscan[lane] = v;
-        }
-        __syncthreads();
-        uint32_t ex = (w > 0 ? s_wscan[w - 1] : 0u) + incl - local;
-#pragma unroll
-        for (int qq = 0; qq < kMaxBpt; qq++) {
-            if (qq < bpt) {
-                if (ex < (uint32_t)krem && ex + cnt[qq] >= (uint32_t)krem) {   // exactly one thread
-                    s_sel[0] = (uint32_t)(nb - 1 - (tid * bpt + qq));
-                    s_sel[1] = ex;
-                    s_sel[2] = cnt[qq];
-                }
-                ex += cnt[qq];
-            }
-        }
-        __syncthreads();
-        P = (sh == 32 ? 0u : P << bits) | s_sel[0];
-        sh = dsh;
-        krem -= (int)s_sel[1];
-        const bool whole = (uint32_t)krem == s_sel[2];
-        __syncthreads();   // every thread has read s_sel before a later pass rewrites it
-        if (whole) break;  // the bin is taken whole (block-uniform)
-    }
-
-    // ---- ordered compaction: warp w owns indices [w·per, (w+1)·per)
-    const int64_t per = (((int64_t)n + kTkWarps - 1) / kTkWarps + 31) / 32 * 32;
-    const int64_t beg = (int64_t)w * per;
-    const int64_t end = beg + per < n ? beg + per : (int64_t)n;
-    const uint32_t lt = (1u << lane) - 1u;
-    uint32_t cg = 0, ce = 0;
-    for (int64_t b0 = beg; b0 < end; b0 += 32) {
-        const int64_t i = b0 + lane;
-        const bool v = i < end;
-        const uint32_t key = v ? tk_get<CACHE>(sc, cache, i) : 0u;
-        const uint32_t hi = sh == 32 ? 0u : key >> sh;
-        cg += __popc(__ballot_sync(kFull, v && hi > P));
-        ce += __popc(__ballot_sync(kFull, v && hi == P));
-    }
-    if (lane == 0) {
-        s_gt[w] = cg;
-        s_eq[w] = ce;
-    }
-    __syncthreads();
-    uint32_t gs = lane < kTkWarps ? s_gt[lane] : 0u, es = lane < kTkWarps ? s_eq[lane] : 0u;
-#pragma unroll
-    for (int o = 1; o < 32; o <<= 1) {
-        const uint32_t tg = __shfl_up_sync(kFull, gs, o), te = __shfl_up_sync(kFull, es, o);
-        if (lane >= o) {
-            gs += tg;
-            es += te;
-        }
-    }
-    const uint32_t need = (uint32_t)krem;
-    const uint32_t gw = __shfl_sync(kFull, gs, w) - s_gt[w];   // "greater" in warps < w
-    uint32_t seen = __shfl_sync(kFull, es, w) - s_eq[w];       // "equal" in warps < w
-    uint32_t pos = gw + (seen < need ? seen : need);
-    for (int64_t b0 = beg; b0 < end; b0 += 32) {
-        const int64_t i = b0 + lane;
-        const bool v = i < end;
-        const uint32_t key = v ? tk_get<CACHE>(sc, cache, i) : 0u;
-        const uint32_t hi = sh == 32 ? 0u : key >> sh;
-        const bool gt = v && hi > P, eq = v && hi == P;
-        const uint32_t me = __ballot_sync(kFull, eq);
-        const bool sel = gt || (eq && seen + __popc(me & lt) < need);
-        const uint32_t ms = __ballot_sync(kFull, sel);
-        if (sel) out[pos + __popc(ms & lt)] = (int32_t)i;
-        pos += __popc(ms);
-        seen += __popc(me);
-    }
+    ds4cu::topk::select_row<kTkThreads, CACHE, 1>(sc, n, k, out, tid, lane, w, hist, cache, ws);
 }
 
 // =====================================================================================
