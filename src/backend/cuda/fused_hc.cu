@@ -41,7 +41,7 @@
 // epilogue overwrites them, and it runs only after every block of token t counted in,
 // i.e. after all of their phase-1 reads; no block reads another token's post/comb.
 // Resources (nvcc 13, sm_90a): 56 registers for the fast variants, no spills, 8.6 KB static
-// shared memory, 288 threads: 4 blocks per SM in phase 1. hc_post_site: 92 registers (80
+// shared memory, 288 threads: 4 blocks per SM in phase 1. hc_post_site: 90-92 registers (80
 // for h > 4), no spills, 2 blocks per SM; its scalar slow path (unaligned rows or
 // d % 4 != 0: tiny models only) 168 registers and ~50 bytes of call-save spills.
 #include <math.h>
@@ -50,6 +50,7 @@
 #include "cuda_internal.h"
 #include "cuda_mmq.h"
 #include "hc_chunk.h"
+#include "hc_math.cuh"
 #include "moe_prefill.h"
 
 extern "C" {
@@ -104,9 +105,6 @@ __device__ __forceinline__ void bar_pre_arrive() { asm volatile("barrier.arrive 
 __device__ __forceinline__ void bar_pre_sync() { asm volatile("barrier.sync 2, %0;" ::"n"(kThreads) : "memory"); }
 
 __device__ __forceinline__ void prefetch_l1(const void *p) { asm volatile("prefetch.global.L1 [%0];" ::"l"(p)); }
-
-// The CPU's sigmoidf_ (cpu_backend.c) with each operation rounded as written there.
-__device__ __forceinline__ float sigm(float z) { return __fdiv_rn(1.0f, __fadd_rn(1.0f, expf(-z))); }
 
 // The 8 columns of slice b that a lane owns: VEC: two float4 chunks (b·64 + lane + 32q),
 // scalar: b·256 + lane + 32q. Columns past hw read as 0 (they add 0 to every sum).
@@ -377,40 +375,14 @@ __device__ __forceinline__ void hc_body(const HcArgs &a) {
         // rmsnorm's scale of the flat row, then pre / post (cpu_hc_pre's expressions) by
         // lanes < h; published to the x warps by a non-blocking arrive on barrier 2
         const float sc = (float)(1.0 / sqrt(ssf / (double)hw + a.eps)), eps = a.hc_eps;
-        if (lane < h) {
-            const float m0 = __fmul_rn(sc, s_dot[lane]), m1 = __fmul_rn(sc, s_dot[h + lane]);
-            s_pre[lane] = __fadd_rn(sigm(__fadd_rn(__fmul_rn(m0, a.scale[0]), a.base[lane])), eps);
-            a.post[(int64_t)t * h + lane] = __fmul_rn(2.0f, sigm(__fadd_rn(__fmul_rn(m1, a.scale[1]), a.base[h + lane])));
-        }
-        bar_pre_arrive();
-        // comb: row softmax of m·s2 + b, + eps, then iters Sinkhorn rounds (the row
-        // normalisation skipped in the first), each element with the CPU's operations
-        // in the CPU's order (sums in index order, C / (s + eps))
-        const float s2 = a.scale[2];
-        const float *bc = a.base + 2 * h;
         float *ct = a.comb + (int64_t)t * h * h;
-        if (h * h <= 32) {                   // lane r*h + c owns element (r, c)
-            const bool own = lane < h * h;
-            const int r = own ? lane / h : 0, c = own ? lane % h : 0;
-            float v = own ? __fadd_rn(__fmul_rn(__fmul_rn(sc, s_dot[2 * h + lane]), s2), bc[lane]) : 0.0f;
-            float mx = -INFINITY;
-            for (int j = 0; j < h; j++) mx = fmaxf(mx, __shfl_sync(0xffffffffu, v, r * h + j));
-            v = expf(__fsub_rn(v, mx));
-            float s = 0;
-            for (int j = 0; j < h; j++) s = __fadd_rn(s, __shfl_sync(0xffffffffu, v, r * h + j));
-            v = __fadd_rn(__fdiv_rn(v, s), eps);
-            for (int it = 0; it < a.iters; it++) {
-                if (it > 0) {
-                    s = 0;
-                    for (int j = 0; j < h; j++) s = __fadd_rn(s, __shfl_sync(0xffffffffu, v, r * h + j));
-                    v = __fdiv_rn(v, __fadd_rn(s, eps));
-                }
-                s = 0;
-                for (int i = 0; i < h; i++) s = __fadd_rn(s, __shfl_sync(0xffffffffu, v, i * h + c));
-                v = __fdiv_rn(v, __fadd_rn(s, eps));
-            }
-            if (own) ct[lane] = v;
-        } else {                             // lane i < h owns row i and column i (shared)
+        // h·h <= 32: comb too, one lane per element (hc_math.cuh, shared with hc_chunk.cu)
+        if (!ds4cu::hc_pre_post_comb<0>(sc, s_dot, s_pre, a.scale, a.base, a.post + (int64_t)t * h, ct, h,
+                                        a.iters, eps, lane, [] { bar_pre_arrive(); })) {
+            // h·h > 32: comb with the same operations in the same order, lane i < h owning
+            // row i and column i of the matrix in shared memory
+            const float s2 = a.scale[2];
+            const float *bc = a.base + 2 * h;
             float *C = s_C;
             const int i = lane;
             if (i < h) {

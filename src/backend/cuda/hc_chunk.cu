@@ -22,7 +22,7 @@
 //  - k_hcc_ep, one block per token: the Sinkhorn warp sums the NS partials of each dot
 //    and of the squares in slice order, s = 1/sqrt(ss/hw + eps) in f64 as k_rmsnorm,
 //    mix_j = s·dot_j, then pre / post / comb with the CPU's per-element operations and
-//    order (the fused kernel's epilogue, copied: explicit _rn operations, no contraction);
+//    order (hc_math.cuh, shared with the fused kernel: explicit _rn operations, no contraction);
 //    pre is published by a non-blocking barrier arrive while the Sinkhorn rounds go on;
 //    the x warps (their H loads issued before that wait) form x = Σ_k pre[k]·H[t][k]
 //    (k ascending from 0), the f64 sum of squares, scale, xn = (x·scale)·norm_w.
@@ -36,6 +36,7 @@
 #include "common.cuh"
 #include "cuda_internal.h"
 #include "hc_chunk.h"
+#include "hc_math.cuh"
 
 extern "C" {
 #include "core/common.h"
@@ -84,9 +85,6 @@ struct EpArgs {
 __device__ __forceinline__ void bar_x() { asm volatile("barrier.sync 1, %0;" ::"n"(kXThreads) : "memory"); }
 __device__ __forceinline__ void bar_pre_arrive() { asm volatile("barrier.arrive 2, %0;" ::"n"(kEpThreads) : "memory"); }
 __device__ __forceinline__ void bar_pre_sync() { asm volatile("barrier.sync 2, %0;" ::"n"(kEpThreads) : "memory"); }
-
-// The CPU's sigmoidf_ (cpu_backend.c) with each operation rounded as written there.
-__device__ __forceinline__ float sigm(float z) { return __fdiv_rn(1.0f, __fadd_rn(1.0f, expf(-z))); }
 
 __device__ __forceinline__ float4 f4z() { return make_float4(0.f, 0.f, 0.f, 0.f); }
 
@@ -230,44 +228,12 @@ __global__ void __launch_bounds__(kEpThreads) k_hcc_ep(EpArgs a) {
         ssf = __shfl_sync(0xffffffffu, ssf, 31);
         if (lane < MW) s_dot[lane] = dot;
         __syncwarp();
-        // rmsnorm's scale of the flat row, then pre / post (cpu_hc_pre's expressions) by
-        // lanes < h; published to the x warps by a non-blocking arrive on barrier 2
-        const float sc = (float)(1.0 / sqrt(ssf / (double)(4 * HH * d4) + a.eps)), eps = a.hc_eps;
-        if (lane < h) {
-            const float m0 = __fmul_rn(sc, s_dot[lane]), m1 = __fmul_rn(sc, s_dot[h + lane]);
-            s_pre[lane] = __fadd_rn(sigm(__fadd_rn(__fmul_rn(m0, a.scale[0]), a.base[lane])), eps);
-            a.post[(int64_t)t * h + lane] = __fmul_rn(2.0f, sigm(__fadd_rn(__fmul_rn(m1, a.scale[1]), a.base[h + lane])));
-        }
-        bar_pre_arrive();
-        // comb: row softmax of m·s2 + b, + eps, then iters Sinkhorn rounds (the row
-        // normalisation skipped in the first), each element with the CPU's operations in
-        // the CPU's order (sums in index order, C / (s + eps)); lane r·h + c owns (r, c)
-        const float s2 = a.scale[2];
-        const float *bc = a.base + 2 * h;
-        const bool own = lane < h * h;
-        const int r = own ? lane / h : 0, c = own ? lane % h : 0;
-        float v = own ? __fadd_rn(__fmul_rn(__fmul_rn(sc, s_dot[2 * h + lane]), s2), bc[lane]) : 0.0f;
-        float mx = -INFINITY;
-#pragma unroll
-        for (int j = 0; j < h; j++) mx = fmaxf(mx, __shfl_sync(0xffffffffu, v, r * h + j));
-        v = expf(__fsub_rn(v, mx));
-        float sm = 0;
-#pragma unroll
-        for (int j = 0; j < h; j++) sm = __fadd_rn(sm, __shfl_sync(0xffffffffu, v, r * h + j));
-        v = __fadd_rn(__fdiv_rn(v, sm), eps);
-        for (int it = 0; it < a.iters; it++) {
-            if (it > 0) {
-                sm = 0;
-#pragma unroll
-                for (int j = 0; j < h; j++) sm = __fadd_rn(sm, __shfl_sync(0xffffffffu, v, r * h + j));
-                v = __fdiv_rn(v, __fadd_rn(sm, eps));
-            }
-            sm = 0;
-#pragma unroll
-            for (int i = 0; i < h; i++) sm = __fadd_rn(sm, __shfl_sync(0xffffffffu, v, i * h + c));
-            v = __fdiv_rn(v, __fadd_rn(sm, eps));
-        }
-        if (own) a.comb[(int64_t)t * h * h + lane] = v;
+        // rmsnorm's scale of the flat row, then pre / post / comb (hc_math.cuh, shared with
+        // fused_hc.cu; h·h <= 16: one lane per comb element); pre published to the x warps
+        // by a non-blocking arrive on barrier 2
+        const float sc = (float)(1.0 / sqrt(ssf / (double)(4 * HH * d4) + a.eps));
+        ds4cu::hc_pre_post_comb<HH>(sc, s_dot, s_pre, a.scale, a.base, a.post + (int64_t)t * h,
+                                    a.comb + (int64_t)t * h * h, h, a.iters, a.hc_eps, lane, [] { bar_pre_arrive(); });
         return;                              // no block-wide barrier follows
     }
 
