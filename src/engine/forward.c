@@ -292,18 +292,18 @@ static bool attention_batched(ds4_session *s, int il, int n) {
     return true;
 }
 
-/* Attention sublayer of layer il; its output is left in sc->y (the caller's next HC site
- * applies it). post_first: the previous sublayer's output is still pending. */
-static void attention_layer(ds4_session *s, int il, int n, bool post_first) {
+/* The stateful part of attention_layer one token at a time (§12.2): qkv/rope, ring stores,
+ * compressor windows, indexer selection, attention — through the fused decode ops when the
+ * backend has them, else the op sequences. Same inputs and outputs as attention_batched. */
+static void attention_per_token(ds4_session *s, int il, int n) {
     ds4_engine *e = s->e;
     ds4_backend *be = e->be;
-    const ds4_model *m = e->model;
-    const ds4_hparams *hp = &m->hp;
-    const ds4_layer_weights *L = &m->layers[il];
+    const ds4_hparams *hp = &e->model->hp;
+    const ds4_layer_weights *L = &e->model->layers[il];
     const ds4_layer_vecs *v = &e->lv[il];
     ds4_layer_state *ls = &s->ls[il];
     ds4_scratch *sc = &s->s;
-    const int64_t d = hp->n_embd, hd = hp->head_dim, nh = hp->n_head, qd = nh * hd, ql = hp->q_lora_rank;
+    const int64_t hd = hp->head_dim, nh = hp->n_head, qd = nh * hd;
     const int64_t ihd = hp->idx_head_dim, inh = hp->idx_n_head;
     const int n_rot = (int)hp->n_rot, R = (int)L->ratio;
     const int64_t cw = (int64_t)L->coff * hd;
@@ -313,36 +313,6 @@ static void attention_layer(ds4_session *s, int il, int n, bool post_first) {
     /* fused per-token chain (backend.h qkv_rope / attention_ex): the indexer query is
      * rotated with `inv`, which for CSA layers (R != 0) is inv_freq_comp as below */
     const bool fq = be->qkv_rope != NULL, fa = be->attention_ex != NULL;
-
-    hc_next_site(s, post_first, &L->hc_attn_fn, v->hc_attn_scale, v->hc_attn_base, v->attn_norm, n);
-    /* every projection of x (§7.2, §7.3, §7.5, §7.6): q low-rank A, the shared K=V head,
-     * the compressor and indexer projections */
-    {
-        const ds4_tensor *W[8];
-        float *y[8];
-        int64_t ys[8];
-        int cnt = 0;
-#define ADD(t, out, stride) (W[cnt] = (t), y[cnt] = (out), ys[cnt] = (stride), cnt++)
-        ADD(&L->q_a, sc->qr, ql);
-        ADD(&L->kv, sc->kv, hd);
-        if (R) {
-            ADD(&L->c_kv, sc->cproj, 2 * cw);
-            ADD(&L->c_gate, sc->cproj + cw, 2 * cw);
-        }
-        if (csa) {
-            ADD(&L->i_kv, sc->iproj, 4 * ihd);
-            ADD(&L->i_gate, sc->iproj + 2 * ihd, 4 * ihd);
-            ADD(&L->i_proj, sc->iw, inh);
-        }
-        matmul_set(be, cnt, W, y, ys, sc->x, d, n);
-        be->rmsnorm(be, sc->qr, ql, v->q_a_norm, sc->qr, ql, ql, n, hp->rms_eps);
-        cnt = 0;
-        ADD(&L->q_b, sc->q, qd);
-        if (csa) ADD(&L->i_q_b, sc->iq, inh * ihd);
-#undef ADD
-        matmul_set(be, cnt, W, y, ys, sc->qr, ql, n);
-    }
-    if (n >= 2 && attention_batched(s, il, n)) goto out_proj;
     if (!fq) {
         be->rmsnorm(be, sc->q, hd, NULL, sc->q, hd, hd, (int)(n * nh), hp->rms_eps);
         be->rmsnorm(be, sc->kv, hd, v->kv_norm, sc->kv, hd, hd, n, hp->rms_eps);
@@ -424,7 +394,53 @@ static void attention_layer(ds4_session *s, int il, int n, bool post_first) {
             be->rope(be, ot, hd, (int)nh, hd, n_rot, p, inv, true);
         }
     }
-out_proj:
+}
+
+/* Attention sublayer of layer il; its output is left in sc->y (the caller's next HC site
+ * applies it). post_first: the previous sublayer's output is still pending. */
+static void attention_layer(ds4_session *s, int il, int n, bool post_first) {
+    ds4_engine *e = s->e;
+    ds4_backend *be = e->be;
+    const ds4_model *m = e->model;
+    const ds4_hparams *hp = &m->hp;
+    const ds4_layer_weights *L = &m->layers[il];
+    const ds4_layer_vecs *v = &e->lv[il];
+    ds4_scratch *sc = &s->s;
+    const int64_t d = hp->n_embd, hd = hp->head_dim, nh = hp->n_head, qd = nh * hd, ql = hp->q_lora_rank;
+    const int64_t ihd = hp->idx_head_dim, inh = hp->idx_n_head;
+    const int R = (int)L->ratio;
+    const int64_t cw = (int64_t)L->coff * hd;
+    const bool csa = L->kind == DS4_ATTN_CSA;
+
+    hc_next_site(s, post_first, &L->hc_attn_fn, v->hc_attn_scale, v->hc_attn_base, v->attn_norm, n);
+    /* every projection of x (§7.2, §7.3, §7.5, §7.6): q low-rank A, the shared K=V head,
+     * the compressor and indexer projections */
+    {
+        const ds4_tensor *W[8];
+        float *y[8];
+        int64_t ys[8];
+        int cnt = 0;
+#define ADD(t, out, stride) (W[cnt] = (t), y[cnt] = (out), ys[cnt] = (stride), cnt++)
+        ADD(&L->q_a, sc->qr, ql);
+        ADD(&L->kv, sc->kv, hd);
+        if (R) {
+            ADD(&L->c_kv, sc->cproj, 2 * cw);
+            ADD(&L->c_gate, sc->cproj + cw, 2 * cw);
+        }
+        if (csa) {
+            ADD(&L->i_kv, sc->iproj, 4 * ihd);
+            ADD(&L->i_gate, sc->iproj + 2 * ihd, 4 * ihd);
+            ADD(&L->i_proj, sc->iw, inh);
+        }
+        matmul_set(be, cnt, W, y, ys, sc->x, d, n);
+        be->rmsnorm(be, sc->qr, ql, v->q_a_norm, sc->qr, ql, ql, n, hp->rms_eps);
+        cnt = 0;
+        ADD(&L->q_b, sc->q, qd);
+        if (csa) ADD(&L->i_q_b, sc->iq, inh * ihd);
+#undef ADD
+        matmul_set(be, cnt, W, y, ys, sc->qr, ql, n);
+    }
+    if (!(n >= 2 && attention_batched(s, il, n))) attention_per_token(s, il, n);
     /* grouped output projection (§7.9) */
     const int64_t G = hp->n_out_group, ol = hp->o_lora_rank, gin = qd / G;
     if (be->matmul_groups)
