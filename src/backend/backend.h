@@ -300,7 +300,24 @@ struct ds4_backend {
                         int raw_cap, int n_win, const float *comp, int R, const int32_t *idx, int k_top,
                         const float *sinks, float scale, int n_rot, int64_t pos0, int n_tok, const float *inv_freq,
                         float *out, int64_t os);
+
+    /* ---- cached-row storage (optional; NULL: every cached row is f32) ----------------
+     * kv_row_bytes: bytes of one cached compressed row in this backend's memory for kind
+     * DS4_KV_ROW_ATTN (width hd, the last n_rot dims rope) or DS4_KV_ROW_INDEX (width hd;
+     * n_rot ignored), or 0 for hd f32 values. A backend returns nonzero only in production
+     * numerics, where it stores those rows in the compact layout of kv_fmt.h (FP8 / FP4
+     * with power-of-two block scales: lossless on rows that went through fp8_sim /
+     * hadamard_fp4_sim and round_f16). Then every compressed-row argument of the ops above
+     * — attention and attention_ex rows_b, indexer_scores keys, compress_rows rows,
+     * indexer_topk keys, attention_n comp — addresses rows of that many bytes (the pointer
+     * types stay float * for the f32 case; row w starts at byte w · kv_row_bytes), values
+     * are those the f32 rows would hold, forward.c writes them only through compress_rows
+     * (the session refuses a backend with compact rows and no compress_rows), and the
+     * session allocates, snapshots and fills them by bytes. Raw (window) rows stay f32. */
+    size_t (*kv_row_bytes)(ds4_backend *be, int kind, int64_t hd, int n_rot);
 };
+
+enum { DS4_KV_ROW_ATTN = 0, DS4_KV_ROW_INDEX = 1 };
 
 /* Creates the CPU backend with n_threads workers (0 = all cores). */
 int ds4_backend_cpu_create(ds4_backend **out, int n_threads, ds4_numerics numerics, char *err, size_t errlen);
