@@ -94,6 +94,8 @@ struct cu_impl {
     // DS4_CUDA_PREQ=1: production activations quantised once per matmul by
     // ds4_cuda_quantize_act (instead of inside the matvec kernel); xq grows on demand
     bool preq;
+    // compressed rows in the compact layout (ds4cu::kv_compact)
+    bool kv_compact;
     void *d_xq;
     size_t xq_cap;
     // DS4_CUDA_PROFILE=1: every op synchronises the stream before and after and adds
@@ -1690,6 +1692,7 @@ void *scratch(ds4_backend *be, int slot, size_t bytes) {
 }
 unsigned *counters(ds4_backend *be) { return IMPL(be)->d_counters; }
 bool exact(ds4_backend *be) { return be->numerics == DS4_NUM_EXACT; }
+bool kv_compact(ds4_backend *be) { return IMPL(be)->kv_compact; }
 void check(cudaError_t e, const char *what, const char *file, int line) { cu_check(e, what, file, line); }
 }  // namespace ds4cu
 
@@ -1835,6 +1838,9 @@ extern "C" int ds4_backend_cuda_create(ds4_backend **out, const ds4_model *m, ds
     be->moe_routed = getenv("DS4_CUDA_NO_FUSED_MOE") ? NULL : cu_moe_routed;
     be->matmul_groups = getenv("DS4_CUDA_NO_FUSED_MOE") ? NULL : cu_matmul_groups;
     {
+        const char *kv = getenv("DS4_CUDA_KV");
+        // TODO(compact KV, in progress): true with be->kv_row_bytes once every op reads the layout
+        im->kv_compact = false && numerics == DS4_NUM_PROD && !(kv && !strcmp(kv, "f32"));
         const char *pq = getenv("DS4_CUDA_PREQ");
         im->preq = pq && *pq == '1';
         const char *pf = getenv("DS4_CUDA_PROFILE");

@@ -58,6 +58,12 @@ enum CounterBase { CNT_HC = 0, CNT_TOPK = 1024, CNT_ATT = 2048, CNT_MV = 3072 };
 unsigned *counters(ds4_backend *be);
 // True in exact numerics (DS4_NUM_EXACT).
 bool exact(ds4_backend *be);
+// True when compressed rows (attention comp rows, indexer rows) are stored in the compact
+// layout of kv_fmt.h (backend.h kv_row_bytes): production numerics unless DS4_CUDA_KV=f32
+// or the test hook ds4_cuda_set_kv_compact turned it off. Every op taking such rows
+// (attention / attention_ex rows_b, indexer_scores keys, compress_rows rows, indexer_topk
+// keys, attention_n comp) reads or writes that layout when this is true.
+bool kv_compact(ds4_backend *be);
 // A CUDA failure inside an op (ops have no error path): reported like a failed assertion.
 void check(cudaError_t e, const char *what, const char *file, int line);
 
