@@ -7,10 +7,13 @@
  * Decode state per layer, for a session with context C and rewind window W:
  *   raw   [cap_raw][hd]       ring of K=V rows, position p in slot p % cap_raw,
  *                             cap_raw = n_win + W (rewinding <= W keeps every row needed)
- *   comp  [C / R][hd]         emitted compressed rows, row w covers [wR, wR + R)
+ *   comp  [C / R][hd]         emitted compressed rows, row w covers [wR, wR + R); each row
+ *                             is comp_rb bytes: hd f32, or the backend's compact layout
+ *                             (backend.h kv_row_bytes, kv_fmt.h) in production numerics
  *   cfr   [cap_c][2·coff·hd]  ring of compressor inputs per position: C then Z + ape,
  *                             cap_c = a multiple of R >= W + 2R, so windows are contiguous
- *   icomp [C / R][ihd], ifr [cap_c][4·ihd]   the indexer's compressor (CSA only)
+ *   icomp [C / R][ihd], ifr [cap_c][4·ihd]   the indexer's compressor (CSA only); icomp
+ *                             rows are icomp_rb bytes (ihd f32 or compact, as comp)
  * Counts are derived from n_tokens: rows emitted = n_tokens / R. A rewind to t tokens
  * is therefore only "n_tokens = t" when n_tokens − t <= W.
  */
@@ -42,9 +45,10 @@ struct ds4_engine {
 
 typedef struct {
     float *raw;    /* [cap_raw][hd] */
-    float *comp;   /* [max_comp][hd] */
+    float *comp;   /* [max_comp] rows of comp_rb bytes: f32 [max_comp][hd], or compact rows
+                    * that only backend ops address (backend.h kv_row_bytes) */
     float *cfr;    /* [cap_c][2*coff*hd] */
-    float *icomp;  /* [max_comp][ihd] */
+    float *icomp;  /* [max_comp] rows of icomp_rb bytes (f32: [max_comp][ihd]) */
     float *ifr;    /* [cap_c][4*ihd] */
     int max_comp;
     int cap_c;
@@ -89,6 +93,12 @@ struct ds4_session {
     ds4_engine *e;
     int ctx, W, chunk;
     int cap_raw;
+    /* bytes of one cached compressed row: attention (comp) and indexer (icomp) rows,
+     * hd resp. ihd floats, or the backend's compact size (kv_row_bytes) when comp_compact
+     * resp. icomp_compact; kv_compact = either (then forward.c does no row arithmetic on
+     * them: compress_rows writes them) */
+    size_t comp_rb, icomp_rb;
+    bool comp_compact, icomp_compact, kv_compact;
     int32_t *tokens;      /* [ctx] the timeline */
     int n_tokens;
     int last_evaluated;

@@ -105,12 +105,14 @@ static void compressor_step(ds4_session *s, const float *proj, float *ring, int 
     const int64_t w = p / R;
     const float *cur = ring + ((w * R) % cap) * rw;
     const float *prev = coff == 2 && w > 0 ? ring + (((w - 1) * R) % cap) * rw : NULL;
-    float *out = rows + w * hd;
     if (be->compress_rows) { /* the sequence below in one op, bit-identical */
         be->compress_rows(be, ring, cap, R, coff, hd, norm, hp->rms_eps, (int)hp->n_rot, e->inv_freq_comp, !e->exact,
                           indexer, w, w + 1, rows);
         return;
     }
+    /* f32 rows only: compact rows (backend.h kv_row_bytes) have compress_rows (session.c) */
+    DS4_ASSERT(!s->kv_compact);
+    float *out = rows + w * hd;
     be->compress_pool(be, cur, prev, rw, R, coff, hd, out);
     be->rmsnorm(be, out, hd, norm, out, hd, hd, 1, hp->rms_eps);
     be->rope(be, out, hd, 1, hd, (int)hp->n_rot, w * R, e->inv_freq_comp, false);

@@ -2,17 +2,23 @@
  *
  * Owns: allocation of all KV state and scratch at creation (the decode loop allocates
  * nothing), prefix sync (reuse / extend / rewind / rebuild), snapshots to memory, and the
- * memory estimate (computed by the same walk that allocates). Must not: contain layer
- * math (forward.c) or know backend internals.
+ * memory estimate (computed by the same walk that allocates). Cached compressed rows are
+ * f32 or, when the backend says so (backend.h kv_row_bytes), its compact rows: this file
+ * sizes, snapshots and checks them by bytes. Must not: contain layer math (forward.c) or
+ * know backend internals (the compact byte layout is kv_fmt.h's).
  */
 #include <stdlib.h>
 #include <string.h>
 
 #include "core/common.h"
 #include "engine_internal.h"
+#include "session_kv.h"
 
 #define SNAP_MAGIC 0x53345344u /* "DS4S" */
-#define SNAP_VERSION 1u
+/* 2: the header names the layout and byte size of cached compressed rows (f32 or the
+ * backend's compact kv_fmt.h rows) and the comp / icomp regions hold n_comp rows of
+ * those sizes; a snapshot restores only into a session with the same layout. */
+#define SNAP_VERSION 2u
 
 void ds4_session_options_default(ds4_session_options *o) {
     memset(o, 0, sizeof *o);
@@ -53,6 +59,25 @@ static void *take(plan *pl, size_t bytes, bool host) {
 #define F(n) ((size_t)(n) * sizeof(float))
 #define I(n) ((size_t)(n) * sizeof(int32_t))
 
+/* Bytes of one cached compressed row, attention (*rb) and indexer (*irb): the backend's
+ * compact size (backend.h kv_row_bytes; hd and n_rot are the same in every layer, so one
+ * answer per kind), or hd resp. ihd f32 values when it has none or answers 0. *ca / *ci
+ * say which kinds are compact. */
+static void kv_rows(const ds4_engine *e, size_t *rb, size_t *irb, bool *ca, bool *ci) {
+    const ds4_hparams *hp = &e->model->hp;
+    ds4_backend *be = e->be;
+    const size_t a = be->kv_row_bytes ? be->kv_row_bytes(be, DS4_KV_ROW_ATTN, hp->head_dim, (int)hp->n_rot) : 0;
+    const size_t b = be->kv_row_bytes ? be->kv_row_bytes(be, DS4_KV_ROW_INDEX, hp->idx_head_dim, (int)hp->n_rot) : 0;
+    *rb = a ? a : F(hp->head_dim);
+    *irb = b ? b : F(hp->idx_head_dim);
+    *ca = a != 0;
+    *ci = b != 0;
+}
+
+/* Bytes of n compressed rows of rb bytes plus one float of slack (a buffer for zero rows
+ * is still a distinct allocation, as every other session buffer). */
+static size_t rows_bytes(int64_t n, size_t rb) { return (size_t)n * rb + sizeof(float); }
+
 static void walk(ds4_session *s, const ds4_engine *e, const ds4_session_options *o, plan *pl) {
     const ds4_hparams *hp = &e->model->hp;
     const int64_t d = hp->n_embd, h = hp->n_hc, hw = h * d, mw = (2 + h) * h, hd = hp->head_dim;
@@ -60,6 +85,8 @@ static void walk(ds4_session *s, const ds4_engine *e, const ds4_session_options 
     const int64_t c = o->prefill_chunk, k = hp->n_expert_used, ne = hp->n_expert, ff = hp->n_ff_exp;
     const int64_t W = o->rewind_window, ctx = o->ctx;
     int64_t max_comp_all = 0;
+    kv_rows(e, &s->comp_rb, &s->icomp_rb, &s->comp_compact, &s->icomp_compact);
+    s->kv_compact = s->comp_compact || s->icomp_compact;
     s->cap_raw = (int)(hp->n_win + W);
     s->tokens = take(pl, I(ctx), true);
     s->last_logits = take(pl, F(hp->n_vocab), true);
@@ -73,10 +100,10 @@ static void walk(ds4_session *s, const ds4_engine *e, const ds4_session_options 
             ls->max_comp = (int)(ctx / R);
             ls->cap_c = (int)round_up(W + 2 * R, R);
             if (ls->max_comp > max_comp_all) max_comp_all = ls->max_comp;
-            ls->comp = take(pl, F((int64_t)ls->max_comp * hd + 1), false);
+            ls->comp = take(pl, rows_bytes(ls->max_comp, s->comp_rb), false);
             ls->cfr = take(pl, F((int64_t)ls->cap_c * 2 * L->coff * hd), false);
             if (L->kind == DS4_ATTN_CSA) {
-                ls->icomp = take(pl, F((int64_t)ls->max_comp * ihd + 1), false);
+                ls->icomp = take(pl, rows_bytes(ls->max_comp, s->icomp_rb), false);
                 ls->ifr = take(pl, F((int64_t)ls->cap_c * 4 * ihd), false);
             }
         }
@@ -124,7 +151,21 @@ static int check_opts(const ds4_engine *e, const ds4_session_options *o, char *e
         return ds4_err(err, errlen, DS4_ERR_ARG, "session: rewind_window must be in 0..%d (got %d)", 1 << 24, o->rewind_window);
     if (o->prefill_chunk <= 0 || o->prefill_chunk > 65536)
         return ds4_err(err, errlen, DS4_ERR_ARG, "session: prefill_chunk must be in 1..65536, or 0 for the backend's default (got %d)", o->prefill_chunk);
-    (void)e;
+    /* compact rows (backend.h kv_row_bytes) are written only by the backend's
+     * compress_rows: forward.c's generic compressor sequence writes f32 rows */
+    size_t rb, irb;
+    bool ca, ci;
+    kv_rows(e, &rb, &irb, &ca, &ci);
+    if (ca || ci) {
+        if (!e->be->compress_rows)
+            return ds4_err(err, errlen, DS4_ERR_UNSUPPORTED,
+                           "session: backend %s stores compressed KV rows compactly (%zu/%zu bytes) but has no "
+                           "compress_rows op to write them", e->be->name, rb, irb);
+        if (e->exact)
+            return ds4_err(err, errlen, DS4_ERR_UNSUPPORTED,
+                           "session: backend %s reports compact KV rows (%zu/%zu bytes) in exact numerics, where "
+                           "rows are not FP8/FP4 values", e->be->name, rb, irb);
+    }
     return 0;
 }
 
@@ -279,7 +320,15 @@ typedef struct {
     uint32_t n_layer, n_embd, head_dim, n_vocab;
     uint32_t cap_raw, W;
     int32_t n_tokens, have_logits;
+    uint32_t kv_layout;            /* bit 0: attention rows compact, bit 1: indexer rows (else f32) */
+    uint32_t comp_rb, icomp_rb;    /* bytes of one attention / indexer compressed row */
 } snap_header;
+
+static uint32_t kv_layout(const ds4_session *s) { return (s->comp_compact ? 1u : 0u) | (s->icomp_compact ? 2u : 0u); }
+
+static const char *layout_name(uint32_t l) {
+    return l == 0 ? "f32" : l == 3 ? "compact" : l == 1 ? "compact/f32" : l == 2 ? "f32/compact" : "unknown";
+}
 
 /* Visits every state region in snapshot order: fn(ctx, backend_ptr, bytes). */
 typedef void (*region_fn)(void *ctx, void *p, size_t bytes);
@@ -294,10 +343,10 @@ static void regions(const ds4_session *s, int n_tokens, region_fn fn, void *ctx)
         fn(ctx, ls->raw, F((int64_t)s->cap_raw * hd));
         if (!L->ratio) continue;
         int64_t nc = n_tokens / (int64_t)L->ratio;
-        fn(ctx, ls->comp, F(nc * hd));
+        fn(ctx, ls->comp, (size_t)nc * s->comp_rb);
         fn(ctx, ls->cfr, F((int64_t)ls->cap_c * 2 * L->coff * hd));
         if (L->kind == DS4_ATTN_CSA) {
-            fn(ctx, ls->icomp, F(nc * ihd));
+            fn(ctx, ls->icomp, (size_t)nc * s->icomp_rb);
             fn(ctx, ls->ifr, F((int64_t)ls->cap_c * 4 * ihd));
         }
     }
@@ -333,7 +382,8 @@ int ds4_session_snapshot(const ds4_session *s, void *buf, size_t cap, size_t *wr
     size_t need = ds4_session_snapshot_size(s);
     if (cap < need) return ds4_err(err, errlen, DS4_ERR_ARG, "snapshot: buffer of %zu bytes, need %zu", cap, need);
     snap_header h = {SNAP_MAGIC, SNAP_VERSION, hp->n_layer, hp->n_embd, hp->head_dim, hp->n_vocab,
-                     (uint32_t)s->cap_raw, (uint32_t)s->W, s->n_tokens, s->have_logits};
+                     (uint32_t)s->cap_raw, (uint32_t)s->W, s->n_tokens, s->have_logits,
+                     kv_layout(s), (uint32_t)s->comp_rb, (uint32_t)s->icomp_rb};
     uint8_t *b = buf;
     memcpy(b, &h, sizeof h);
     size_t off = sizeof h;
@@ -356,6 +406,12 @@ int ds4_session_restore(ds4_session *s, const void *buf, size_t n, char *err, si
         return ds4_err(err, errlen, DS4_ERR_FORMAT, "restore: not a ds4 session snapshot (or another version)");
     if (h.n_layer != hp->n_layer || h.n_embd != hp->n_embd || h.head_dim != hp->head_dim || h.n_vocab != hp->n_vocab)
         return ds4_err(err, errlen, DS4_ERR_FORMAT, "restore: snapshot is for another model");
+    if (h.kv_layout != kv_layout(s) || h.comp_rb != s->comp_rb || h.icomp_rb != s->icomp_rb)
+        return ds4_err(err, errlen, DS4_ERR_UNSUPPORTED,
+                       "restore: snapshot KV rows are %u/%u bytes (%s), this session stores %zu/%zu (%s): made by "
+                       "a backend with another KV layout",
+                       h.comp_rb, h.icomp_rb, layout_name(h.kv_layout), s->comp_rb, s->icomp_rb,
+                       layout_name(kv_layout(s)));
     if (h.cap_raw != (uint32_t)s->cap_raw || h.W != (uint32_t)s->W)
         return ds4_err(err, errlen, DS4_ERR_ARG, "restore: snapshot rewind window %u differs from the session's %d", h.W, s->W);
     if (h.n_tokens < 0 || h.n_tokens > s->ctx)
@@ -380,4 +436,16 @@ int ds4_session_restore(ds4_session *s, const void *buf, size_t n, char *err, si
     s->have_logits = h.have_logits && h.n_tokens > 0;
     s->last_evaluated = 0;
     return 0;
+}
+
+double ds4_session_kv_bytes_per_token(const ds4_session *s) {
+    const ds4_model *m = s->e->model;
+    double b = 0;
+    for (uint32_t il = 0; il < m->hp.n_layer; il++) {
+        const ds4_layer_weights *L = &m->layers[il];
+        if (!L->ratio) continue;
+        const size_t rb = s->comp_rb + (L->kind == DS4_ATTN_CSA ? s->icomp_rb : 0);
+        b += (double)rb / (double)L->ratio;
+    }
+    return b;
 }
