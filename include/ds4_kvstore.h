@@ -8,8 +8,9 @@
  * Must not: decide cache policy (min tokens, alignment, save moments) or touch the
  * session except through ds4_session_snapshot / ds4_session_restore.
  *
- * File format (little-endian), version 2 (version 1 files are refused as unsupported):
- *   [0,8)     magic "DS4KVC\r\n"          [8,12)  u32 version = 2
+ * File format (little-endian), version 3 (older files are refused as unsupported: version
+ * 2 files carry engine snapshots of the previous layout):
+ *   [0,8)     magic "DS4KVC\r\n"          [8,12)  u32 version = 3
  *   [12,16)   u32 header bytes = 224       [16,48) model identity (full, with quant)
  *   [48,80)   model identity base (without quant)
  *   [80,84)   u32 numeric mode (0 production, 1 exact)
@@ -23,10 +24,12 @@
  *   [176,192) reserved (0)    --- [160,192) is rewritten in place, not checksummed ---
  *   [192,224) SHA-256 over header[0,160) || text || payload || tool map || client data
  *   then: text (rendered prefix, UTF-8, no NUL), engine snapshot payload
- *   (ds4_session_snapshot bytes), tool map: u32 count, count × {u32 id_len,
- *   u32 dsml_len, id, dsml}, client data (opaque bytes of the writer: the server stores
- *   the exact token ids of the prefix, the CLI its transcript and settings). The file
- *   size must be exactly 224 + the four sizes.
+ *   (ds4_session_snapshot bytes; they name the KV row layout of the backend that wrote
+ *   them, f32 or compact, and restore only into a session with that layout: another
+ *   layout is a failed restore, which the store logs and treats as a miss), tool map:
+ *   u32 count, count × {u32 id_len, u32 dsml_len, id, dsml}, client data (opaque bytes
+ *   of the writer: the server stores the exact token ids of the prefix, the CLI its
+ *   transcript and settings). The file size must be exactly 224 + the four sizes.
  *
  * Directory: files are named <64 hex of SHA-256(text)>.kv; nothing else is read. Writes
  * go to <name>.tmp.<pid>.<seq>, are fsync'ed, renamed into place, and the directory is

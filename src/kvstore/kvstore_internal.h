@@ -15,7 +15,9 @@
 #define KV_IMMUTABLE 160u /* header bytes covered by the checksum */
 #define KV_STATS 160u     /* u32 hits, u32 reserved, u64 last-used: rewritten in place */
 #define KV_SUM 192u       /* SHA-256 */
-#define KV_VERSION 2u
+/* 3: the payload is a session snapshot v2 (session.c: it names the KV row layout, f32 or a
+ * backend's compact rows); version 2 files hold v1 snapshots, which no longer restore */
+#define KV_VERSION 3u
 
 typedef struct {
     ds4_model_identity id;

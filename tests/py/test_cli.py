@@ -321,10 +321,10 @@ def test_save_load_continues_without_reprefill(ds4_bin, model, tmp_path):
     m = re.search(rb"saved (\d+) tokens \(session (\d+)\)", a.stderr)
     assert m, a.stderr
     saved_tr, saved_sess = int(m.group(1)), int(m.group(2))
-    # the file is a KV cache file (include/ds4_kvstore.h, version 2): reason 5 (manual),
+    # the file is a KV cache file (include/ds4_kvstore.h, version 3): reason 5 (manual),
     # client-data flag, the saved token count, the conversation in the client section
     raw = f.read_bytes()
-    assert raw[:8] == b"DS4KVC\r\n" and struct.unpack_from("<I", raw, 8)[0] == 2
+    assert raw[:8] == b"DS4KVC\r\n" and struct.unpack_from("<I", raw, 8)[0] == 3
     assert struct.unpack_from("<III", raw, 84) == (5, 2, saved_sess)
     assert hashlib.sha256(raw[:160] + raw[224:]).digest() == raw[192:224]
     client_len = struct.unpack_from("<Q", raw, 128)[0]

@@ -10,7 +10,8 @@
  * model's shape, not from the code under test); a compact snapshot restores and continues
  * exactly; a snapshot of the other layout is refused with both layouts named; a backend
  * with compact rows and no compress_rows (or compact rows in exact numerics) gets no
- * session; the synthetic fill writes compact rows and nothing past them.
+ * session; the synthetic fill writes compact rows and nothing past them; the disk KV
+ * cache treats a file of the other layout as a miss.
  *
  * The wrapper: a ds4_backend whose first member is a copy of the CPU backend's struct
  * (same impl, so every forwarded op is the CPU's own function), plus
@@ -27,6 +28,7 @@
 #include <string.h>
 
 #include "ds4.h"
+#include "ds4_kvstore.h"
 #include "backend/backend.h"
 #include "backend/kv_fmt.h"
 #include "core/common.h"
@@ -532,4 +534,92 @@ DS4_TEST(kv_compact_synthetic_flash_schedule) {
     ds4_engine_close(ea);
     ds4_engine_close(eb);
     ds4_synth_free(buf, size);
+}
+
+/* The disk KV cache across layouts (a directory shared by a CPU and a compact-row
+ * process, or a /save file moved between them): a file of the other layout is a miss
+ * (logged, the session untouched) in the store and a clear error for a single-file load;
+ * each layout still restores its own files. */
+DS4_TEST(kv_compact_kvstore_files_of_the_other_layout) {
+    const char *p = tm_path();
+    REQUIRE(p != NULL);
+    ds4_engine *ea = open_tm_file(p, false), *eb = open_tm_file(p, false);
+    REQUIRE(ea && eb);
+    REQUIRE(kvw_install(eb, 256, KVW_FULL) != NULL);
+    ds4_session_options so;
+    ds4_session_options_default(&so);
+    so.ctx = 100;
+    so.rewind_window = 16;
+    char err[512], dir[512], file_a[600], file_b[600];
+    snprintf(dir, sizeof dir, "%s/kvc_layouts", ds4_test_tmpdir());
+    snprintf(file_a, sizeof file_a, "%s/a.ds4", ds4_test_tmpdir());
+    snprintf(file_b, sizeof file_b, "%s/b.ds4", ds4_test_tmpdir());
+    ds4_session *sa = NULL, *sb = NULL;
+    REQUIRE(ds4_session_create(&sa, ea, &so, err, sizeof err) == 0, "%s", err);
+    REQUIRE(ds4_session_create(&sb, eb, &so, err, sizeof err) == 0, "%s", err);
+    int32_t tok[100];
+    seq(tok, 100, 6, TM_VOCAB);
+    REQUIRE(ds4_session_sync(sa, tok, 40, NULL, NULL, err, sizeof err) == 0, "%s", err);
+    REQUIRE(ds4_session_sync(sb, tok, 40, NULL, NULL, err, sizeof err) == 0, "%s", err);
+    static const char text_a[] = "prefix written by the f32 engine", text_b[] = "prefix written by the compact engine";
+    ds4_kv_save_req ra = {.text = text_a, .text_len = sizeof text_a - 1, .reason = DS4_KV_REASON_MANUAL};
+    ds4_kv_save_req rb = {.text = text_b, .text_len = sizeof text_b - 1, .reason = DS4_KV_REASON_MANUAL};
+    REQUIRE(ds4_kvfile_save(ea, sa, &ra, file_a, err, sizeof err) == 0, "%s", err);
+    REQUIRE(ds4_kvfile_save(eb, sb, &rb, file_b, err, sizeof err) == 0, "%s", err);
+
+    ds4_kvstore_options ko;
+    ds4_kvstore_options_default(&ko);
+    ko.dir = dir;
+    ds4_kvstore *ka = NULL, *kb = NULL;
+    REQUIRE(ds4_kvstore_open(&ka, ea, &ko, err, sizeof err) == 0, "%s", err);
+    REQUIRE(ds4_kvstore_open(&kb, eb, &ko, err, sizeof err) == 0, "%s", err);
+    REQUIRE(ds4_kvstore_save(ka, sa, &ra, DS4_KV_DISK, err, sizeof err) == 0, "%s", err);
+    REQUIRE(ds4_kvstore_save(kb, sb, &rb, DS4_KV_DISK, err, sizeof err) == 0, "%s", err);
+    ds4_kvstore_flush(ka);
+    ds4_kvstore_flush(kb);
+
+    ds4_session *ta = NULL, *tb = NULL;
+    REQUIRE(ds4_session_create(&ta, ea, &so, err, sizeof err) == 0, "%s", err);
+    REQUIRE(ds4_session_create(&tb, eb, &so, err, sizeof err) == 0, "%s", err);
+    ds4_kv_hit hit;
+    /* the other layout's file: a miss, the session untouched */
+    fprintf(stderr, "    (two 'cannot restore' warnings expected)\n");
+    CHECK(ds4_kvstore_restore(ka, ta, text_b, sizeof text_b - 1, 1, &hit, err, sizeof err) == DS4_ERR_NOT_FOUND, "%s", err);
+    CHECK_EQ_INT(ds4_session_n_tokens(ta), 0);
+    CHECK(ds4_kvstore_restore(kb, tb, text_a, sizeof text_a - 1, 1, &hit, err, sizeof err) == DS4_ERR_NOT_FOUND, "%s", err);
+    CHECK_EQ_INT(ds4_session_n_tokens(tb), 0);
+    /* each layout's own file restores, and decoding continues as in the original */
+    REQUIRE(ds4_kvstore_restore(kb, tb, text_b, sizeof text_b - 1, 1, &hit, err, sizeof err) == 0, "%s", err);
+    ds4_kv_hit_free(&hit);
+    CHECK_EQ_INT(ds4_session_n_tokens(tb), 40);
+    REQUIRE(ds4_kvstore_restore(ka, ta, text_a, sizeof text_a - 1, 1, &hit, err, sizeof err) == 0, "%s", err);
+    ds4_kv_hit_free(&hit);
+    REQUIRE(ds4_session_sync(sb, tok, 45, NULL, NULL, err, sizeof err) == 0, "%s", err);
+    REQUIRE(ds4_session_sync(tb, tok, 45, NULL, NULL, err, sizeof err) == 0, "%s", err);
+    REQUIRE(ds4_session_sync(ta, tok, 45, NULL, NULL, err, sizeof err) == 0, "%s", err);
+    CHECK(same_bits(ds4_session_logits(sb), ds4_session_logits(tb), TM_VOCAB));
+    CHECK(same_bits(ds4_session_logits(ta), ds4_session_logits(tb), TM_VOCAB));
+
+    /* single files (CLI /load): an error naming both layouts */
+    ds4_session *ua = NULL;
+    REQUIRE(ds4_session_create(&ua, ea, &so, err, sizeof err) == 0, "%s", err);
+    err[0] = 0;
+    CHECK(ds4_kvfile_load(ea, ua, file_b, false, &hit, err, sizeof err) == DS4_ERR_UNSUPPORTED);
+    CHECK(strstr(err, "(compact)") && strstr(err, "(f32)"), "message: %s", err);
+    err[0] = 0;
+    CHECK(ds4_kvfile_load(eb, tb, file_a, false, &hit, err, sizeof err) == DS4_ERR_UNSUPPORTED);
+    CHECK(strstr(err, "(compact)") && strstr(err, "(f32)"), "message: %s", err);
+    REQUIRE(ds4_kvfile_load(ea, ua, file_a, false, &hit, err, sizeof err) == 0, "%s", err);
+    ds4_kv_hit_free(&hit);
+    CHECK_EQ_INT(ds4_session_n_tokens(ua), 40);
+
+    ds4_kvstore_close(ka);
+    ds4_kvstore_close(kb);
+    ds4_session_free(sa);
+    ds4_session_free(sb);
+    ds4_session_free(ta);
+    ds4_session_free(tb);
+    ds4_session_free(ua);
+    ds4_engine_close(ea);
+    ds4_engine_close(eb);
 }
