@@ -18,6 +18,7 @@
 #include "backend/backend.h"
 #include "backend/kv_fmt.h"
 #include "core/common.h"
+#include "model/layout.h"
 #include "model/quant.h"
 #include "test.h"
 
@@ -339,4 +340,32 @@ DS4_TEST(kv_fmt_lossless_on_production_rows) {
     CHECK(changed > 40, "only %d of 50 unsimulated rows changed: the round trip check would not see a loss", changed);
     CHECK(rows > 6000);
     be->free(be);
+}
+
+/* KV bytes per token of context for full Flash (the issue's figure): the layer schedule of
+ * the Flash layout (MODEL.md §2: 2 sliding, 21 CSA ratio 4, 20 HCA ratio 128; checked
+ * here) with head_dim 512 / 64 rope dims and indexer head_dim 128. f32 rows: 21 ·
+ * (2048 + 512) / 4 + 20 · 2048 / 128 = 13,760 bytes; compact rows: 21 · (592 + 80) / 4 +
+ * 20 · 592 / 128 = 3,620.5 bytes. */
+DS4_TEST(kv_fmt_flash_bytes_per_token) {
+    ds4_layout_hp hp;
+    ds4_layout_hp_flash(&hp, 0);
+    REQUIRE(hp.n_layer == 43 && hp.head_dim == 512 && hp.n_rot == 64 && hp.idx_head_dim == 128);
+    int n_sl = 0, n_csa = 0, n_hca = 0;
+    double f32 = 0, compact = 0;
+    for (uint32_t l = 0; l < hp.n_layer; l++) {
+        const double R = hp.compress_ratio[l];
+        if (hp.kind[l] == DS4_LAYER_SLIDING) {
+            n_sl++;
+            continue;
+        }
+        const bool csa = hp.kind[l] == DS4_LAYER_CSA;
+        n_csa += csa, n_hca += !csa;
+        CHECK(R == (csa ? 4 : 128), "layer %u ratio %g", l, R);
+        f32 += (512.0 * 4 + (csa ? 128.0 * 4 : 0)) / R;
+        compact += ((double)ds4_kv_attn_row_bytes(512, 64) + (csa ? (double)ds4_kv_index_row_bytes(128) : 0)) / R;
+    }
+    CHECK(n_sl == 2 && n_csa == 21 && n_hca == 20, "%d sliding, %d CSA, %d HCA", n_sl, n_csa, n_hca);
+    CHECK(f32 == 13760.0, "%g", f32);
+    CHECK(compact == 3620.5, "%g", compact);
 }

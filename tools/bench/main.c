@@ -22,7 +22,9 @@
  * --logits-out FILE (append the f32 logits of the last prefilled position of every
  * frontier and of every decode step: for determinism checks), --prefill-chunk,
  * --rewind-window, --exact, --seed. The memory report (stderr, one line starting with
- * "memory:") gives the engine's estimate for the session and /proc/self/status figures.
+ * "memory:") gives the engine's estimate for the session and /proc/self/status figures;
+ * the line before it ("kv:") the KV bytes per token of context (session_kv.h) and the
+ * last frontier's snapshot size.
  */
 #include <errno.h>
 #include <math.h>
@@ -37,6 +39,7 @@
 #include "ds4_tokenizer.h"
 #include "model/gguf.h"
 #include "engine/session_fill.h"
+#include "engine/session_kv.h"
 #include "model/synthetic.h"
 #include "../quantize/quantize.h"
 
@@ -489,6 +492,7 @@ int main(int argc, char **argv) {
     size_t snap_cap = 0;
     int prev = 0;
     int nonfinite = 0;
+    size_t last_snap = 0; /* snapshot bytes at the last frontier */
     for (int f = o.ctx_start;;) {
         double t_fill = 0;
         if (o.fill_kv) {  /* the state of f evaluated tokens without evaluating them */
@@ -544,6 +548,7 @@ int main(int argc, char **argv) {
         fprintf(csv, "%d,%d,%.2f,%d,%.2f,%zu\n", f, o.fill_kv ? 0 : f - prev, o.fill_kv ? 0.0 : (f - prev) / t_pre,
                 o.gen_tokens, o.gen_tokens ? o.gen_tokens / t_gen : 0.0, written);
         fflush(csv);
+        last_snap = written;
         if (ds4_session_restore(s, snap, written, err, sizeof err) < 0) {
             fprintf(stderr, "ds4-bench: restore: %s\n", err);
             goto done;
@@ -555,6 +560,11 @@ int main(int argc, char **argv) {
         long long next = o.step_mul > 1 ? (long long)ceil(f * o.step_mul) : (long long)f + o.step_incr;
         f = next > o.ctx_max ? o.ctx_max : (int)next;
     }
+    /* KV growth with the context: cached compressed rows per token (f32, or the backend's
+     * compact rows), independent of the frontier; the snapshot adds the fixed raw window
+     * and compressor rings, the token ids and one logits row */
+    fprintf(stderr, "kv: %.1f KV bytes per token of context (compressed rows); snapshot %zu bytes at %d tokens\n",
+            ds4_session_kv_bytes_per_token(s), last_snap, prev);
     ds4_bench_mem m1;
     ds4_bench_mem_read(&m1);
     fprintf(stderr,
