@@ -149,7 +149,7 @@ def kv_files(kvdir):
     out = []
     for f in sorted(pathlib.Path(kvdir).glob("*.kv")):
         b = f.read_bytes()
-        assert b[:8] == b"DS4KVC\r\n" and struct.unpack_from("<I", b, 8)[0] == 2
+        assert b[:8] == b"DS4KVC\r\n" and struct.unpack_from("<I", b, 8)[0] == 3
         out.append((struct.unpack_from("<I", b, 84)[0], struct.unpack_from("<I", b, 92)[0]))
     return out
 
