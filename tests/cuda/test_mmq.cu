@@ -39,9 +39,10 @@ extern "C" {
 
 static int g_pass, g_fail;
 
-// Kernel-variant switch of mmq.cu (a test hook, not part of cuda_mmq.h): 1 = the original
-// kernel, 2 = the default one (DS4_MMQ_V picks the process default); returns the variant in
-// effect. Both must pass every case, and they must agree bit for bit (test_variants).
+// Kernel-variant switch of mmq.cu (a test hook, not part of cuda_mmq.h): 0 = per weight type
+// (the default), 1 = the original kernel, 2 = v2, 3 = v3 (IQ2_XXS and Q2_K; the other types
+// run v2); DS4_MMQ_V picks the process default; returns the variant in effect. Each must pass
+// every case, and they must agree bit for bit (test_variants).
 extern "C" int ds4_cuda_mmq_set_variant(int v);
 
 static void report(bool ok, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -865,33 +866,45 @@ static void test_f16() {
 }
 
 
-// Kernel variants 1 and 2 compute every output with the same operations (mmq.cu): the same
-// launches must give identical bits (dense at Flash-like and odd shapes, grouped with gather,
-// skew, NaN ids), and each is checked against the CPU on the first run.
+// Kernel variants 1, 2 and 3 compute every output with the same operations (mmq.cu): the
+// same launches must give identical bits (dense at Flash-like and odd shapes, grouped with
+// gather, skew, NaN ids), and each is checked against the CPU on the first run. v3 is run
+// at both of its token tiles (BN 64 and 32). Shapes for v3's edges (256-row blocks of 8 warps
+// x 32 rows, three weight buffers, BN 64 / 32): n = 300 (a second row tile of 44 rows: one
+// full warp, one partial, six without rows), n = 129 / 200, k of 1..16 superblocks (the
+// weight ring wraps, odd step counts), expert counts 1, 7, 8, 9, 31..33, 63..65 (partial n8
+// and partial token tiles, a lone token), empty experts, slack rows that must stay poisoned.
 static void test_variants() {
     for (uint32_t t : kTypes) {
         const char *tn = ds4_type_name(t);
         const int64_t blk = tinfo(t)->block_elems;
+        const bool q8 = t == DS4_TYPE_Q8_0;
         char name[96];
-        Case cs[3];
-        cs[0] = dense("", t, 300, t == DS4_TYPE_Q8_0 ? 1056 : 1024, 300, 5000);
+        Case cs[6];
+        cs[0] = dense("", t, 300, q8 ? 1056 : 1024, 300, 5000);
         cs[1] = dense("", t, 129, 3 * blk, 33);
-        cs[2] = grouped("", t, 200, t == DS4_TYPE_Q8_0 ? 544 : 768, 8, {0, 1, 200, 7, 0, 65, 48, 3, 130, 0, 17, 64}, true, true,
-                        97, 0);
+        cs[2] = grouped("", t, 200, q8 ? 544 : 768, 8, {0, 1, 200, 7, 0, 65, 48, 3, 130, 0, 17, 64}, true, true, 97, 0);
         cs[2].mats[3] = 8;
         cs[2].slack = 11;
-        for (int i = 0; i < 3; i++) {
-            snprintf(name, sizeof name, "%s variants 1 / 2 case %d", tn, i);
+        cs[3] = grouped("", t, 300, 4096, 6, {9, 8, 0, 63, 64, 65, 1, 33, 32, 31, 0, 127}, true, true, 150, 4000);
+        cs[3].slack = 5;
+        cs[4] = dense("", t, 300, 9 * blk, 1);  // a lone token, 9 steps
+        cs[5] = grouped("", t, 512, 5 * blk, 3, {17, 0, 40}, false, false, 0, 0);
+        for (int i = 0; i < 6; i++) {
+            snprintf(name, sizeof name, "%s variants 1 / 2 / 3 case %d", tn, i);
             cs[i].name = name;
             const uint64_t seed = g_rng;
             ds4_cuda_mmq_set_variant(1);
             const Result a = run_case(cs[i]);
-            g_rng = seed;
-            ds4_cuda_mmq_set_variant(2);
-            const Result b = run_case(cs[i], 0, false);
-            const bool same = a.launched && b.launched && a.y.size() == b.y.size() &&
-                              memcmp(a.y.data(), b.y.data(), a.y.size() * 4) == 0;
-            report(same, "%s: v1 and v2 give identical bits", name);
+            bool same = a.launched;
+            const int vbn[3][2] = {{2, 0}, {3, 0}, {3, 32}};  // v2, v3 (automatic tile), v3 at BN 32
+            for (const auto &vb : vbn) {
+                g_rng = seed;
+                ds4_cuda_mmq_set_variant(vb[0]);
+                const Result b = run_case(cs[i], vb[1], false);
+                same = same && b.launched && a.y.size() == b.y.size() && memcmp(a.y.data(), b.y.data(), a.y.size() * 4) == 0;
+            }
+            report(same, "%s: v1, v2, v3 (BN auto / 32) give identical bits", name);
         }
     }
 }
@@ -1010,7 +1023,7 @@ static void bench_f16() {
 }
 
 static void bench() {
-    const int T = 2048, P = 6 * T, NE = 256;
+    const int T = 2048, P = 6 * 4096, NE = 256;  // P: packed rows of the largest routed chunk
     cudaDeviceProp prop;
     CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
     printf("device: %s, %d SMs\n", prop.name, prop.multiProcessorCount);
@@ -1040,41 +1053,49 @@ static void bench() {
         }
         delete B.d;
     }
-    // routed experts: P = 12288 packed rows over 256 experts (skewed), gate/up gather tokens
-    std::vector<int> c = skewed_counts(NE, P, 8);
-    int cmax = 0;
-    for (int v : c) cmax = v > cmax ? v : cmax;
-    printf("routed: %d rows over %d experts, largest %d\n", P, NE, cmax);
-    std::vector<int32_t> idx(2 * NE + 2 + P);
-    idx[0] = 0;
-    for (int e = 0; e < NE; e++) idx[e + 1] = idx[e] + c[e];
-    for (int e = 0; e < NE; e++) idx[NE + 1 + e] = e;
-    for (int i = 0; i < P; i++) idx[2 * NE + 1 + i] = rng_int(T);
-    DBuf di(idx.size() * 4);
-    up(di, 0, idx.data(), idx.size() * 4);
-    const int32_t *doff = (int32_t *)di.p, *dmat = doff + NE + 1, *dx = doff + 2 * NE + 1;
-    ds4_cuda_mmq_groups gg = {doff, dmat, dx, NE, P}, gd = {doff, dmat, nullptr, NE, P};
-    // q2 file: IQ2_XXS gate/up + Q2_K down; q4 file: Q4_K for all three. Each at the
-    // automatic tile size and forced BN = 32 (DS4_MMQ_BN), to pick the better one.
+    // routed experts (Flash: 256 experts, top-6): chunks of TR = 2048 and 4096 tokens, PR = 6·TR
+    // packed rows over 256 experts (skewed), gate/up gather tokens. q2 file: IQ2_XXS gate/up +
+    // Q2_K down (variants 1, 2, 3); q4 file: Q4_K for all three (variants 1, 2; v3 has no
+    // Q4_K). Each at the automatic tile size and forced BN = 32 (DS4_MMQ_BN).
     const uint32_t gate_t[2] = {DS4_TYPE_IQ2_XXS, DS4_TYPE_Q4_K}, down_t[2] = {DS4_TYPE_Q2_K, DS4_TYPE_Q4_K};
     for (int f = 0; f < 2; f++) {
         BenchW G = bench_weights(gate_t[f], 2048, 4096, NE), Dn = bench_weights(down_t[f], 4096, 2048, NE);
-        for (int vb = 0; vb < 4; vb++) {  // kernel variant 1 / 2 x automatic tile / BN 32
-            const int v = 1 + vb / 2, bn = vb % 2 ? 32 : 0;
-            ds4_cuda_mmq_set_variant(v);
-            if (bn) setenv("DS4_MMQ_BN", "32", 1);
-            char nm[96];
-            snprintf(nm, sizeof nm, "v%d %s routed gate (=up) 4096->2048%s", v, ds4_type_name(gate_t[f]), bn ? " BN32" : "");
-            const double tg = bench_one(nm, G, P, &gg, xk.p, row_bytes(DS4_TYPE_Q8_K, 4096), (float *)y.p);
-            snprintf(nm, sizeof nm, "v%d %s routed down 2048->4096%s", v, ds4_type_name(down_t[f]), bn ? " BN32" : "");
-            const double td = bench_one(nm, Dn, P, &gd, xk.p, row_bytes(DS4_TYPE_Q8_K, 2048), (float *)y.p);
-            if (bn) unsetenv("DS4_MMQ_BN");
-            printf("bench => v%d routed layer (%s%s): gate + up + down = %.1f us for %d packed rows (%.2f us per token)\n", v,
-                   f ? "q4" : "q2", bn ? ", BN32" : "", 2 * tg + td, P, (2 * tg + td) / T);
+        for (int TR : {2048, 4096}) {
+            const int PR = 6 * TR;
+            std::vector<int> c = skewed_counts(NE, PR, 8);
+            int cmax = 0;
+            for (int v : c) cmax = v > cmax ? v : cmax;
+            printf("routed %s: %d tokens, %d rows over %d experts, largest %d\n", f ? "q4" : "q2", TR, PR, NE, cmax);
+            std::vector<int32_t> idx(2 * NE + 2 + PR);
+            idx[0] = 0;
+            for (int e = 0; e < NE; e++) idx[e + 1] = idx[e] + c[e];
+            for (int e = 0; e < NE; e++) idx[NE + 1 + e] = e;
+            for (int i = 0; i < PR; i++) idx[2 * NE + 1 + i] = rng_int(TR);
+            DBuf di(idx.size() * 4);
+            up(di, 0, idx.data(), idx.size() * 4);
+            const int32_t *doff = (int32_t *)di.p, *dmat = doff + NE + 1, *dx = doff + 2 * NE + 1;
+            ds4_cuda_mmq_groups gg = {doff, dmat, dx, NE, PR}, gd = {doff, dmat, nullptr, NE, PR};
+            const int nvar = f ? 2 : 3;
+            for (int vb = 0; vb < 2 * nvar; vb++) {  // kernel variant x automatic tile / BN 32
+                const int v = 1 + vb / 2, bn = vb % 2 ? 32 : 0;
+                ds4_cuda_mmq_set_variant(v);
+                if (bn) setenv("DS4_MMQ_BN", "32", 1);
+                char nm[96];
+                snprintf(nm, sizeof nm, "v%d %s routed gate (=up) 4096->2048 x%d%s", v, ds4_type_name(gate_t[f]), TR,
+                         bn ? " BN32" : "");
+                const double tg = bench_one(nm, G, PR, &gg, xk.p, row_bytes(DS4_TYPE_Q8_K, 4096), (float *)y.p);
+                snprintf(nm, sizeof nm, "v%d %s routed down 2048->4096 x%d%s", v, ds4_type_name(down_t[f]), TR, bn ? " BN32" : "");
+                const double td = bench_one(nm, Dn, PR, &gd, xk.p, row_bytes(DS4_TYPE_Q8_K, 2048), (float *)y.p);
+                if (bn) unsetenv("DS4_MMQ_BN");
+                printf("bench => v%d routed layer (%s, %d tokens%s): gate + up + down = %.1f us for %d packed rows (%.2f us "
+                       "per token)\n",
+                       v, f ? "q4" : "q2", TR, bn ? ", BN32" : "", 2 * tg + td, PR, (2 * tg + td) / TR);
+            }
         }
         delete G.d;
         delete Dn.d;
     }
+    ds4_cuda_mmq_set_variant(0);
     // o_a: 8 groups of 4096->1024, 2048 rows each
     {
         std::vector<int32_t> o(8 + 1 + 8);
@@ -1104,8 +1125,8 @@ int main(int argc, char **argv) {
         bench();
         return 0;
     }
-    // the whole quantized suite once per kernel variant (mmq.cu: DS4_MMQ_V), then v1 == v2
-    for (int v : {2, 1}) {
+    // the whole quantized suite once per kernel variant (mmq.cu: DS4_MMQ_V), then v1 == v2 == v3
+    for (int v : {2, 1, 3}) {
         ds4_cuda_mmq_set_variant(v);
         printf("---- mmq kernel variant %d\n", v);
         test_api();
@@ -1116,7 +1137,7 @@ int main(int argc, char **argv) {
         test_flash_grouped();
     }
     test_variants();
-    ds4_cuda_mmq_set_variant(2);
+    ds4_cuda_mmq_set_variant(0);
     test_f16();
     printf("%d passed, %d failed\n", g_pass, g_fail);
     return g_fail ? 1 : 0;

@@ -5,10 +5,11 @@
 // dense or grouped (routed experts). Must not: allocate device memory, synchronize,
 // repack weights in global memory, or know tensor roles (contract in cuda_mmq.h).
 //
-// Two kernels with identical per-output numerics (bit-identical results): v2 (see its
-// section below) and the original v1 described here. By default each weight type takes
-// the faster one as measured (mmq_variant); DS4_MMQ_V=1|2 forces one (read once; tests
-// switch with the hook ds4_cuda_mmq_set_variant, which is not part of cuda_mmq.h).
+// Three kernels with identical per-output numerics (bit-identical results): v2 and v3 (see
+// their sections below) and the original v1 described here. By default each weight type
+// takes the faster one as measured (mmq_variant); DS4_MMQ_V=1|2|3 forces one (v3 covers
+// IQ2_XXS and Q2_K; other types then run v2; read once; tests switch with the hook
+// ds4_cuda_mmq_set_variant, which is not part of cuda_mmq.h).
 //
 // v1 design (one block = 128 weight rows x BN activation rows, BN = 16·NT in {16, 32, 64}):
 //  * 8 warps: 4 along rows (32 rows = two m16 tiles) x 2 along activation rows (NT n8 tiles).
@@ -1176,6 +1177,419 @@ __global__ void __launch_bounds__(kThreads, 1) mmq2_kernel(const __grid_constant
             }
 }
 
+// ============================================================================================
+// v3 (DS4_MMQ_V=3; IQ2_XXS and Q2_K: the routed experts. Other types run v2). Same numerics
+// and per-output operation sequence as v1/v2 (identical bits). v1/v2 are bound by shared-
+// memory traffic: per k-step every block writes the decoded int8 weight tile (32 KB per 128
+// rows) and every warp re-reads its A fragments with ldmatrix. v3 never materialises decoded
+// weights: each warp decodes its mma A fragments in registers straight from the raw GGUF
+// blocks staged in shared memory (cp.async, as v2), and one A fragment feeds all the warp's
+// n8 token tiles.
+//  * Block = 8 warps x (16·MT weight rows each) = 128·MT rows (MT = 2: 256) x BN = 8·NT tokens
+//    (32 or 64); every warp covers all BN tokens, so no A decode is duplicated; the B
+//    fragments (activations) are read by every warp (ldmatrix, as v1/v2).
+//  * k permutation: the m16n8k32 A fragment of lane (g = lane/4, tig = lane%4) holds rows g,
+//    g+8 at k = 4tig..4tig+3 (regs 0, 1) and 16+4tig..16+4tig+3 (regs 2, 3). v3 lets mma
+//    position k of a 32-element sub-block hold element π(k): π(4i + j) = 8i + j,
+//    π(16 + 4i + j) = 8i + 4 + j (i, j < 4), on both operands (the activation decoder stores
+//    the words of each 32-byte unit as w0 w2 w4 w6 w1 w3 w5 w7). A permutation of k within
+//    a sub-block does not change its integer dot, and then lane tig owns the whole 8-element
+//    group tig of its rows: IQ2_XXS: one grid entry (codes[] nibbles | sign nibbles, two
+//    prmt) per row and sub-block, one sign index, one scale; Q2_K: the 8 quants 8tig..8tig+7
+//    of the 32-byte qs half (two words, loaded once per 128 elements) and one 4-bit scale.
+//  * Q8_K activations: decoded (permuted) into double-buffered tiles as v2, one barrier per
+//    k-step; each warp stages and decodes BN/8 token rows.
+//  * Weight raw blocks: warp-private rows (warp w stages and reads rows 16·MT·w ..), three
+//    buffers (steps s, s+1, s+2 in flight), so weights need only cp.async.wait + __syncwarp.
+//    Phase s: issue X(s+1), then W(s+2) (two commit groups); mmas of step s; wait for all but
+//    the newest group (X(s+1) and W(s+1) landed); decode X(s+1); barrier.
+//  * IQ2_XXS tables: 32 copies (48 KB), word e·32 + c, lane c reads copy c: conflict-free.
+//  * Shared memory per block (MT 2, BN 64): IQ2_XXS 160.5 KB, Q2_K 140.5 KB; one block per SM.
+// ============================================================================================
+
+constexpr int kMT3 = 2;  // m16 tiles per warp (block rows 128·kMT3)
+
+template <int WT, int MT, int NT>
+struct Cfg3 {
+    static_assert(WT == W_IQ2 || WT == W_Q2_K, "v3 kernels: IQ2_XXS, Q2_K");
+    using L1 = Lay<WT, 1>;
+    static constexpr int WR = 16 * MT;                  // weight rows per warp
+    static constexpr int BM = 8 * WR;                   // weight rows per block
+    static constexpr int BN = 8 * NT;                   // tokens per block tile
+    static constexpr int XR = BN / 8;                   // token rows per warp (staging, decode)
+    static constexpr int WSTEP = L1::WSTEP, WSLOT = L1::WSLOT, XSTEP = L1::XSTEP, XSLOT = L1::XSLOT;
+    static constexpr int NWB = 3;                       // weight raw buffers: steps s, s+1, s+2
+    static constexpr int TAB = WT == W_IQ2 ? 384 * 32 * 4 : 0;  // codes [256][32], ssp [128][32]
+    // one decoded activation step ("tile buffer")
+    static constexpr int T_XQ = 0;                      // int8 [BN][256], permuted, swizzled
+    static constexpr int T_DX = BN * 256;               // f32 [BN], permuted tokens (perm_tok)
+    static constexpr int T_XBS = T_DX + BN * 4;         // Q2_K: int16 [BN][16] Q8_K sums
+    static constexpr int TBYTES = T_XBS + (WT == W_Q2_K ? BN * 32 : 0);
+    static constexpr int O_T0 = TAB;
+    static constexpr int O_WRAW = O_T0 + 2 * TBYTES;    // NWB x [BM][WSLOT], warp w's rows at WR·w
+    static constexpr int WBUF = BM * WSLOT;
+    static constexpr int O_XRAW = O_WRAW + NWB * WBUF;  // [BN][XSLOT], warp w's rows at XR·w
+    static constexpr int BYTES = O_XRAW + BN * XSLOT + 16;  // (+16: ld_words reads a word past a slot)
+    static_assert(XR * 8 % 32 == 0 && NT % 2 == 0, "token tiles");
+    static_assert(TAB % 16 == 0 && TBYTES % 16 == 0 && WBUF % 16 == 0, "alignment");
+};
+
+// Decodes the warp's XR token rows of step s (raw slots xr; rows past ntok: zero slots, any
+// phase) into tile buffer tb: quants permuted (see above), d, and (Q2_K) the 16-sums.
+template <int WT, int MT, int NT>
+__device__ __forceinline__ void decode3_x(uint8_t *tb, const uint8_t *xr, const uint8_t *const *xrow, int s, int warp,
+                                          int lane) {
+    using C = Cfg3<WT, MT, NT>;
+    constexpr int XR = C::XR;
+    const uint32_t soff = (uint32_t)s * C::XSTEP;
+    float *dx = (float *)(tb + C::T_DX);
+    uint32_t *xbs = (uint32_t *)(tb + C::T_XBS);
+#pragma unroll
+    for (int j = 0; j < XR * 8 / 32; j++) {
+        const int v = lane + 32 * j;
+        const int tl = (v >> 2) % XR, q = (v & 3) + 4 * (v / (4 * XR));
+        const int t = warp * XR + tl;
+        // Q8_K: f32 d, 256 quants, 16 int16 sums; 4-byte aligned (host check)
+        const uint8_t *bp = xr + tl * C::XSLOT + (((uint32_t)(uintptr_t)xrow[t] + soff) & 15u);
+        const uint32_t *qw = (const uint32_t *)(bp + 4 + 32 * q);
+        uint32_t w[8];
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            w[i] = qw[2 * i];          // mma k 4i..4i+3      <- elements 8i..8i+3
+            w[4 + i] = qw[2 * i + 1];  // mma k 16+4i..16+4i+3 <- elements 8i+4..8i+7
+        }
+        if constexpr (WT == W_Q2_K) xbs[t * 8 + q] = *(const uint32_t *)(bp + 260 + 4 * q);
+        if (q == 0) dx[perm_tok<NT>(t)] = *(const float *)bp;
+        st_row32(tb + C::T_XQ + t * 256, t, q, w);
+    }
+}
+
+// The mmas of step s for one warp: A decoded from the raw blocks of its rows (rp[mt][h]:
+// block start of row 16mt + g + 8h of the warp in the raw buffer), B from tile buffer tb;
+// then the superblock's float term (v1's operations). nv: n8 tiles holding tokens (1..NT).
+template <int WT, int MT, int NT, bool FULL>
+__device__ __forceinline__ void mma3(const uint8_t *sm, const uint8_t *tb, const uint8_t *const (&rp)[MT][2],
+                                     float (&acc)[MT][NT][4], int lane, int nv) {
+    if (FULL) nv = NT;  // (FULL: every n8 tile holds tokens; no guards in the loop)
+    using C = Cfg3<WT, MT, NT>;
+    const int g = lane >> 2, tig = lane & 3, x7 = lane & 7;
+    const int bt = x7 + 8 * (lane >> 4), bhi = (lane >> 3) & 1;
+    const uint32_t b_addr = smem_u32(tb) + C::T_XQ + bt * 256;
+    int isum[MT][NT][4];
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) isum[mt][nt][i] = WT == W_Q2_K ? (int)kMagic : 0;
+
+    // B fragments of sub-block kk: n8 tiles 2np, 2np+1 from one ldmatrix.x4 (as v2)
+    auto load_b = [&](int kk, uint32_t(&b)[NT][2]) {
+#pragma unroll
+        for (int np = 0; np < NT / 2; np++) {
+            uint32_t r[4] = {0, 0, 0, 0};
+            if (FULL || 2 * np < nv) ldsm_x4(r, b_addr + np * 16 * 256 + (((2 * kk + bhi) ^ x7) << 4));
+            b[2 * np][0] = r[0];
+            b[2 * np][1] = r[1];
+            b[2 * np + 1][0] = r[2];
+            b[2 * np + 1][1] = r[3];
+        }
+    };
+
+    if constexpr (WT == W_IQ2) {
+        // block: f16 d, then per sub-block 8 bytes: 4 grid indices (aux0), 4 x 7-bit sign
+        // indices + 4-bit scale (aux1). Lane tig: grid entry aux0[tig], signs (aux1 >> 7tig) & 127.
+        const uint8_t *codes = sm + 4 * lane, *ssp = codes + 256 * 128;
+        const int ssh = 7 * tig;
+#pragma unroll 2
+        for (int kk = 0; kk < 8; kk++) {
+            uint32_t a[MT][4];
+            int sc[MT][2];
+#pragma unroll
+            for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+                for (int h = 0; h < 2; h++) {
+                    const uint8_t *p = rp[mt][h] + 2 + 8 * kk;
+                    const uint32_t gi = p[tig];
+                    uint32_t a1;
+                    ld_words<1>(p + 4, &a1);
+                    const uint32_t sel = *(const uint32_t *)(codes + (gi << 7)) |
+                                         *(const uint32_t *)(ssp + (((a1 >> ssh) & 127u) << 7));
+                    a[mt][h] = prmt(kIq2PosBytes, kIq2NegBytes, sel);             // elements 8tig..8tig+3
+                    a[mt][2 + h] = prmt(kIq2PosBytes, kIq2NegBytes, sel >> 16);   // 8tig+4..8tig+7
+                    sc[mt][h] = (int)((a1 >> 27) | 1u);                            // 2·(aux1 >> 28) + 1
+                }
+            uint32_t b[NT][2];
+            load_b(kk, b);
+#pragma unroll
+            for (int nt = 0; nt < NT; nt++) {
+                if (!FULL && nt >= nv) continue;  // block-uniform
+#pragma unroll
+                for (int mt = 0; mt < MT; mt++) {
+                    int c[4];
+                    mma_k32(c, a[mt], b[nt][0], b[nt][1], 0, 0, 0, 0);
+                    isum[mt][nt][0] += sc[mt][0] * c[0];
+                    isum[mt][nt][1] += sc[mt][0] * c[1];
+                    isum[mt][nt][2] += sc[mt][1] * c[2];
+                    isum[mt][nt][3] += sc[mt][1] * c[3];
+                }
+            }
+        }
+    } else {
+        // Q2_K block: scales[16], qs[64], d, dmin. Sub-block kk = 4hh + j: element l is
+        // (qs[32hh + l] >> 2j) & 3 times scales[2kk + l/16] & 15 (<= 45: one int8, and one mma
+        // chain over the superblock gives ds4_dot_q's isum, as v1). Lane tig: l = 8tig..8tig+7.
+#pragma unroll 1
+        for (int hh = 0; hh < 2; hh++) {
+            uint32_t qw[MT][2][2];
+#pragma unroll
+            for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+                for (int h = 0; h < 2; h++) ld_words<2>(rp[mt][h] + 16 + 32 * hh + 8 * tig, qw[mt][h]);
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                const int kk = 4 * hh + j;
+                uint32_t a[MT][4];
+#pragma unroll
+                for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+                    for (int h = 0; h < 2; h++) {
+                        const uint32_t sc = rp[mt][h][2 * kk + (tig >> 1)] & 15u;
+                        a[mt][h] = ((qw[mt][h][0] >> (2 * j)) & 0x03030303u) * sc;  // no carry
+                        a[mt][2 + h] = ((qw[mt][h][1] >> (2 * j)) & 0x03030303u) * sc;
+                    }
+                uint32_t b[NT][2];
+                load_b(kk, b);
+#pragma unroll
+                for (int nt = 0; nt < NT; nt++) {
+                    if (!FULL && nt >= nv) continue;
+#pragma unroll
+                    for (int mt = 0; mt < MT; mt++)
+                        mma_k32(isum[mt][nt], a[mt], b[nt][0], b[nt][1], isum[mt][nt][0], isum[mt][nt][1],
+                                isum[mt][nt][2], isum[mt][nt][3]);
+                }
+            }
+        }
+    }
+
+    // ---- end of the superblock: min terms, the float term of ds4_dot_q (v1's operations) ----
+    float tx[2 * NT];
+#pragma unroll
+    for (int i = 0; i < 2 * NT; i += 4)
+        *(float4 *)(tx + i) = *(const float4 *)((const float *)(tb + C::T_DX) + tig * 2 * NT + i);
+    float dw[MT][2], dm[MT][2];
+    uint32_t am[MT][2];
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            if constexpr (WT == W_IQ2) {
+                dw[mt][h] = f16_bits_to_f32((uint16_t)ld_u16(rp[mt][h]));
+                dm[mt][h] = 0.0f;
+                am[mt][h] = 0;
+            } else {
+                dw[mt][h] = f16_bits_to_f32((uint16_t)ld_u16(rp[mt][h] + 80));
+                dm[mt][h] = f16_bits_to_f32((uint16_t)ld_u16(rp[mt][h] + 82));
+                uint32_t s4;
+                ld_words<1>(rp[mt][h] + 4 * tig, &s4);  // scales 4tig..4tig+3: mins in the high nibbles
+                am[mt][h] = (s4 >> 4) & 0x0F0F0F0Fu;
+            }
+        }
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++) {
+        if (!FULL && nt >= nv) continue;
+        uint32_t lo = 0, hi = 0;
+        if constexpr (WT == W_Q2_K) {
+            // summs = Σ_j min[row][j]·bsums[tok][j], bsums = 128·hi + lo (see v1)
+            const uint32_t *xbs = (const uint32_t *)(tb + C::T_XBS);
+            const uint2 bs = *(const uint2 *)(xbs + (nt * 8 + g) * 8 + 2 * tig);
+            lo = prmt(bs.x, bs.y, 0x6420u) & 0x7F7F7F7Fu;
+            hi = prmt(bs.x >> 7, bs.y >> 7, 0x6420u);
+        }
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++) {
+            int cs[4] = {0, 0, 0, 0};
+            if constexpr (WT == W_Q2_K) {
+                int ch[4];
+                mma_k16(ch, am[mt][0], am[mt][1], hi, 0, 0, 0, 0);
+                mma_k16(cs, am[mt][0], am[mt][1], lo, ch[0] * 128 + (int)kMagic, ch[1] * 128 + (int)kMagic,
+                        ch[2] * 128 + (int)kMagic, ch[3] * 128 + (int)kMagic);
+            }
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                const float xd = tx[2 * nt + (i & 1)];
+                const float d0 = dw[mt][i >> 1];
+                float term;
+                if constexpr (WT == W_IQ2) {
+                    const float d = __fmul_rn(d0, xd);
+                    term = __fmul_rn(__fmul_rn(d, __int2float_rn(isum[mt][nt][i])), 0.125f);
+                } else {
+                    const float isf = __int_as_float(isum[mt][nt][i]) - kMagicF;
+                    const float smf = __int_as_float(cs[i]) - kMagicF;
+                    const float dall = __fmul_rn(xd, d0), dmn = __fmul_rn(xd, dm[mt][i >> 1]);
+                    term = __fsub_rn(__fmul_rn(dall, isf), __fmul_rn(dmn, smf));
+                }
+                acc[mt][nt][i] = __fadd_rn(acc[mt][nt][i], term);
+            }
+        }
+    }
+}
+
+template <int WT, int MT, int NT>
+__global__ void __launch_bounds__(kThreads, 1) mmq3_kernel(const __grid_constant__ Params P) {
+    using C = Cfg3<WT, MT, NT>;
+    constexpr int BN = C::BN, XR = C::XR, BM = C::BM, WR = C::WR;
+    extern __shared__ __align__(16) uint8_t sm[];
+    __shared__ const uint8_t *s_xrow[BN];
+    __shared__ int s_warp[kThreads / 32], s_pj[2];
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+
+    // Raster: groups of kRaster row tiles; inside a group the row tile varies fastest.
+    const uint32_t per_grp = (uint32_t)kRaster * (uint32_t)P.n_tt;
+    const uint32_t grp = blockIdx.x / per_grp, rem = blockIdx.x - grp * per_grp;
+    const uint32_t rg = min((uint32_t)kRaster, (uint32_t)P.n_rt - grp * kRaster);
+    const int tt = (int)(rem / rg), rt = (int)(grp * kRaster + rem % rg);
+    const int row0 = rt * BM, nrow = min(BM, P.n - row0);
+
+    if constexpr (WT == W_IQ2) {  // decode tables: word e·32 + c holds entry e (copy c)
+        uint32_t *tab = (uint32_t *)sm;
+        for (int i = tid; i < 384 * 32; i += kThreads) {
+            const int e = i >> 5;
+            tab[i] = e < 256 ? P.codes[e] : P.ssp[e - 256];
+        }
+    }
+
+    const uint8_t *wbase;
+    int tok0, ntok;
+    const int wr0 = WR * warp;  // this warp's first weight row
+    auto wrow = [&](int r) { return wbase + (uint64_t)(uint32_t)(wr0 + r) * P.row_bytes; };
+    auto xrowp = [&](int r) { return s_xrow[warp * XR + r]; };
+    uint8_t *const wraw = sm + C::O_WRAW + wr0 * C::WSLOT;  // buffer b at + b·WBUF
+    uint8_t *const xraw = sm + C::O_XRAW + warp * XR * C::XSLOT;
+    // weight step s into buffer s % NWB (rows past nrow: never staged)
+    auto stage_w = [&](int s) {
+        stage2<C::WSLOT, WR>(wraw + (s % C::NWB) * C::WBUF, wrow, nrow - wr0, (uint32_t)s * C::WSTEP, C::WSTEP, lane);
+    };
+    {  // the warp's raw slots start as zeros: rows / tokens never staged decode to finite values
+#pragma unroll 1
+        for (int b = 0; b < C::NWB; b++) {
+            uint4 *zw = (uint4 *)(wraw + b * C::WBUF);
+            for (int i = lane; i < WR * C::WSLOT / 16; i += 32) zw[i] = make_uint4(0, 0, 0, 0);
+        }
+        uint4 *zx = (uint4 *)xraw;
+        for (int i = lane; i < XR * C::XSLOT / 16; i += 32) zx[i] = make_uint4(0, 0, 0, 0);
+        if (warp == 0 && lane < 4) ((uint32_t *)(sm + C::BYTES - 16))[lane] = 0;
+        __syncwarp();
+    }
+    if (!P.grouped) {
+        // matrix 0: the first weight steps can be in flight before the previous kernel ends
+        wbase = P.w + (uint64_t)row0 * P.row_bytes;
+        tok0 = tt * BN;
+        ntok = min(BN, P.n_rows - tok0);
+        stage_w(0);
+        if (P.nks > 1) stage_w(1);
+        pdl_wait();
+        pdl_trigger();
+    } else {
+        pdl_wait();  // off / mat / x_idx are written by earlier kernels
+        pdl_trigger();
+        int j = 0;
+        const int p = find_tile<BN>(P, tt, &j, s_warp, s_pj);
+        if (p < 0) return;  // past the last tile (block-uniform)
+        const int start = P.off[p];
+        tok0 = start + j * BN;
+        ntok = min(BN, P.off[p + 1] - tok0);
+        if (start < 0 || tok0 >= P.max_rows) return;  // off[] beyond the host's bound
+        ntok = min(ntok, P.max_rows - tok0);
+        const int m = P.mat ? P.mat[p] : p;
+        if (m < 0 || m >= P.n_mats) {
+            for (int i = tid; i < ntok * nrow; i += kThreads) {
+                const int t = i / nrow, r = i - t * nrow;
+                P.y[(int64_t)(tok0 + t) * P.ys + row0 + r] = __int_as_float(0x7fc00000);
+            }
+            return;
+        }
+        wbase = P.w + (uint64_t)m * P.mat_stride + (uint64_t)row0 * P.row_bytes;
+    }
+    for (int t = tid; t < BN; t += kThreads) {  // rows past ntok: P.x (never staged; decoded from zero slots)
+        const int i = tok0 + t;
+        const int xi = t >= ntok ? 0 : P.x_idx ? P.x_idx[i] : i;
+        s_xrow[t] = P.x + (uint64_t)(int64_t)xi * P.x_stride;
+    }
+    __syncthreads();  // s_xrow, IQ2 tables, the zeroed pad
+    const int nxw = ntok - warp * XR;  // this warp's token rows that exist
+    if (P.grouped) {
+        stage_w(0);
+        if (P.nks > 1) stage_w(1);
+    }
+    stage2<C::XSLOT, XR>(xraw, xrowp, nxw, 0, C::XSTEP, lane);
+    cp_async_commit();
+    // prologue: weight steps 0 and 1 and activation step 0 landed; step 0 into tile buffer 0
+    cp_async_wait<0>();
+    __syncwarp();
+    decode3_x<WT, MT, NT>(sm + C::O_T0, xraw, s_xrow, 0, warp, lane);
+    __syncthreads();  // tile buffer 0 visible; the warp's raw activation slots are free
+
+    const int g = lane >> 2;
+    const uint32_t wlo = (uint32_t)(uintptr_t)wbase, rbl = (uint32_t)P.row_bytes;
+    const int nv = min(NT, (ntok + 7) >> 3);  // n8 tiles with tokens (block-uniform, >= 1)
+    const bool rows = wr0 < nrow;             // the warp has weight rows (warp-uniform)
+    float acc[MT][NT][4];
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) acc[mt][nt][i] = 0.0f;
+
+#pragma unroll 1
+    for (int s = 0; s < P.nks; s++) {
+        // activation step s+1 into the raw slots (decoded at the end of this phase), weight
+        // step s+2 into the buffer of step s-1 (this warp's reads of it ended before the
+        // previous barrier); two groups, so the wait below can leave W(s+2) in flight
+        if (s + 1 < P.nks) stage2<C::XSLOT, XR>(xraw, xrowp, nxw, (uint32_t)(s + 1) * C::XSTEP, C::XSTEP, lane);
+        cp_async_commit();
+        if (s + 2 < P.nks) stage_w(s + 2);
+        cp_async_commit();
+        if (rows) {
+            const uint8_t *wb = wraw + (s % C::NWB) * C::WBUF;  // landed: waited in phase s-1 / prologue
+            const uint32_t so = (uint32_t)s * C::WSTEP;
+            const uint8_t *rp[MT][2];
+#pragma unroll
+            for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+                for (int h = 0; h < 2; h++) {
+                    const int r = 16 * mt + g + 8 * h;
+                    rp[mt][h] = wb + r * C::WSLOT + ((wlo + (uint32_t)(wr0 + r) * rbl + so) & 15u);
+                }
+            const uint8_t *tb = sm + C::O_T0 + (s & 1) * C::TBYTES;
+            if (nv == NT)
+                mma3<WT, MT, NT, true>(sm, tb, rp, acc, lane, nv);
+            else
+                mma3<WT, MT, NT, false>(sm, tb, rp, acc, lane, nv);
+        }
+        if (s + 1 < P.nks) {
+            cp_async_wait<1>();  // all but W(s+2): X(s+1) and W(s+1) landed
+            __syncwarp();
+            decode3_x<WT, MT, NT>(sm + C::O_T0 + ((s + 1) & 1) * C::TBYTES, xraw, s_xrow, s + 1, warp, lane);
+            __syncthreads();  // step s+1's tile visible; step s's tile free
+        }
+    }
+    cp_async_wait<0>();
+
+    const int tig = lane & 3;
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                const int r = wr0 + mt * 16 + g + 8 * (i >> 1);
+                const int t = nt * 8 + 2 * tig + (i & 1);
+                if (r < nrow && t < ntok) P.y[(int64_t)(tok0 + t) * P.ys + row0 + r] = acc[mt][nt][i];
+            }
+}
+
 // ---- host side -------------------------------------------------------------------------------
 
 typedef void (*KernelFn)(Params);
@@ -1222,6 +1636,21 @@ KernelFn pick_kernel2(int wt, int bn, int *smem) {
     case W_Q4_K: return pick_bn2<W_Q4_K>(bn, smem);
     default: return pick_bn2<W_IQ2>(bn, smem);
     }
+}
+
+// v3 kernels (IQ2_XXS, Q2_K): BN 64 or 32, 128·kMT3 weight rows per block.
+template <int WT>
+KernelFn pick_bn3(int bn, int *smem) {
+    if (bn >= 64) {
+        *smem = Cfg3<WT, kMT3, 8>::BYTES;
+        return mmq3_kernel<WT, kMT3, 8>;
+    }
+    *smem = Cfg3<WT, kMT3, 4>::BYTES;
+    return mmq3_kernel<WT, kMT3, 4>;
+}
+
+KernelFn pick_kernel3(int wt, int bn, int *smem) {
+    return wt == W_IQ2 ? pick_bn3<W_IQ2>(bn, smem) : pick_bn3<W_Q2_K>(bn, smem);
 }
 
 int wtype_of(uint32_t type) {
@@ -1325,18 +1754,33 @@ int choose_bn2(int wt, int64_t per_prob, int64_t n_prob, int64_t n_rt, int n_sm)
     return 32;
 }
 
-// Kernel variant: per weight type (default), or 1 / 2 for all (DS4_MMQ_V=1|2), read once; tests switch it with
-// ds4_cuda_mmq_set_variant (declared by tests/cuda/test_mmq.cu only, not part of the API).
-int g_variant;
+// v3 token tile: 64 when problems fill it at least 3/4 on average, else 32 (bit-identical
+// either way). DS4_MMQ_BN=16|32 forces 32, 64|128 forces 64.
+int choose_bn3(int64_t per_prob) {
+    const char *e = getenv("DS4_MMQ_BN");
+    if (e) {
+        const int v = atoi(e);
+        if (v == 16 || v == 32) return 32;
+        if (v == 64 || v == 128) return 64;
+    }
+    return per_prob >= 48 ? 64 : 32;
+}
 
-// 3 = per weight type (the default): measured on an H200 (bench/RESULTS.md, cuda-test-mmq
+// Kernel variant: 0 = per weight type (default), or 1 / 2 / 3 for all (DS4_MMQ_V=1|2|3; v3
+// exists for IQ2_XXS and Q2_K, the other types then run v2), read once; tests switch it with
+// ds4_cuda_mmq_set_variant (declared by tests/cuda/test_mmq.cu only, not part of the API).
+int g_variant = -1;
+
+// 0 = per weight type (the default): measured on an H200 (bench/RESULTS.md, cuda-test-mmq
 // --bench), v2 wins for Q8_0 (+10-15 %) and for the grouped Q2_K down projection at BN 32
-// (1.73 vs 1.98 ms for 12288 rows), v1 for IQ2_XXS (1.96 vs 2.27 ms) and Q4_K.
+// (1.73 vs 1.98 ms for 12288 rows), v1 for IQ2_XXS (1.96 vs 2.27 ms) and Q4_K. (v3 is not
+// in the default until measured.)
 int mmq_variant() {
     std::lock_guard<std::mutex> lk(g_mu);
-    if (!g_variant) {
+    if (g_variant < 0) {
         const char *e = getenv("DS4_MMQ_V");
-        g_variant = e && atoi(e) == 1 ? 1 : e && atoi(e) == 2 ? 2 : 3;
+        const int v = e ? atoi(e) : 0;
+        g_variant = v >= 1 && v <= 3 ? v : 0;
     }
     return g_variant;
 }
@@ -1389,12 +1833,17 @@ extern "C" int ds4_cuda_mmq(const ds4_cuda_qmat *w, const void *xq, uint64_t xq_
     }
 
     int variant = mmq_variant();
-    const bool per_type = variant == 3;
+    const bool per_type = variant == 0;
     if (per_type) variant = wt == W_IQ2 || wt == W_Q4_K ? 1 : 2;
+    if (variant == 3 && wt != W_IQ2 && wt != W_Q2_K) variant = 2;
     const int64_t n_rt64 = (w->n + kBM - 1) / kBM;
+    const int bm = variant == 3 ? 128 * kMT3 : kBM;  // weight rows per block
     int bn, smem = 0;
     KernelFn fn;
-    if (variant == 1) {
+    if (variant == 3) {
+        bn = choose_bn3(per_prob);
+        fn = pick_kernel3(wt, bn, &smem);
+    } else if (variant == 1) {
         const int nt = pick_nt(per_prob);
         bn = 16 * nt;
         fn = pick_kernel(wt, nt, &smem);
@@ -1425,7 +1874,7 @@ extern "C" int ds4_cuda_mmq(const ds4_cuda_qmat *w, const void *xq, uint64_t xq_
     P.n_mats = w->n_mats;
     P.nb = (int)(w->k / ds4_type_get(w->type)->block_elems);
     P.nks = wt == W_Q8_0 ? (P.nb + 7) / 8 : P.nb;
-    P.n_rt = (int)((w->n + kBM - 1) / kBM);
+    P.n_rt = (int)((w->n + bm - 1) / bm);
     int64_t n_tt;
     if (groups) {
         P.grouped = 1;
@@ -1451,7 +1900,7 @@ extern "C" int ds4_cuda_mmq(const ds4_cuda_qmat *w, const void *xq, uint64_t xq_
 
 extern "C" int ds4_cuda_mmq_set_variant(int v) {
     const int cur = mmq_variant();
-    if (v != 1 && v != 2 && v != 3) return cur; // 3: per weight type
+    if (v < 0 || v > 3) return cur;  // 0: per weight type
     std::lock_guard<std::mutex> lk(g_mu);
     g_variant = v;
     return v;
