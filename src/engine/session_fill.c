@@ -44,7 +44,8 @@ static void put_random(ds4_backend *be, float *dst, size_t total, float *host, s
 static void put_random_compact(ds4_backend *be, uint8_t *dst, size_t rows, size_t rb, int kind, int64_t hd, int n_rot,
                                float *host, size_t cap, float *xrow, uint64_t *state) {
     uint8_t *stage = (uint8_t *)host;
-    const size_t per = cap * sizeof(float) / rb; /* rows per staged write (>= 1: rb is small) */
+    const size_t per = cap * sizeof(float) / rb; /* rows per staged write */
+    DS4_ASSERT(per >= 1);                         /* a row is a few KiB at most */
     for (size_t r0 = 0; r0 < rows; r0 += per) {
         const size_t nr = rows - r0 < per ? rows - r0 : per;
         for (size_t r = 0; r < nr; r++) {
