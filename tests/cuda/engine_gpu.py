@@ -5,7 +5,8 @@ Owns: converting the oracle fixtures and synthetic tiny models, running
 `ds4 --tokens @F --dump-logits OUT` with --cuda and --cpu in exact and production mode,
 and comparing logits; prints one table row per case and exits non-zero on any failure.
 Must not: compare the CUDA engine with values it produced itself, except for the
-chunked-prefill vs decode checks (same backend, different chunking).
+chunked-prefill vs decode checks (same backend, different chunking) and the KV layout
+checks (same backend, compact vs f32 cached rows).
 
 References and bounds (max |difference| over all positions and vocabulary entries):
   * exact mode, CUDA vs the transformers oracle logits (tests/fixtures/oracle):   1e-3
@@ -31,7 +32,11 @@ References and bounds (max |difference| over all positions and vocabulary entrie
     order than the single-token path (backend.h "optional batched ops"), so the bounds are
     those of CUDA vs CPU above (exact: 1e-3; production: relative, position 0 and median);
     with those turned off (NO_BATCH: DS4_CUDA_NO_FUSED=batch, DS4_CUDA_NO_MMQ=1) every
-    output element is computed by the same code whatever the chunking: bit-identical.
+    output element is computed by the same code whatever the chunking: bit-identical;
+  * production mode, compact KV rows (the CUDA default: kv_fmt.h FP8 / FP4 rows) vs f32 rows
+    (env DS4_CUDA_KV=f32), chunked prefill and --prefill-chunk 1: bit-identical (bound 0).
+    The layout is lossless on production rows and every op decodes it exactly before the
+    arithmetic of the f32 path, so any difference is a bug.
 
 usage: engine_gpu.py --bin DIR [--work DIR] [--only NAME]   (DIR holds ds4, ds4-quantize)
 """
@@ -50,6 +55,17 @@ EXACT_TOL = 1e-3
 PROD_TOL0 = 5e-2
 PROD_TOL_MED = 5e-2
 NO_BATCH = {"DS4_CUDA_NO_FUSED": "batch", "DS4_CUDA_NO_MMQ": "1"}
+
+
+def bitdiff(a, b):
+    """0 when a and b hold the same float32 bits, else max |a - b| (or the smallest normal
+    when only the bits differ, e.g. -0 vs 0), inf on a shape mismatch."""
+    if a.shape != b.shape:
+        return float("inf")
+    if np.array_equal(a.view(np.uint32), b.view(np.uint32)):
+        return 0.0
+    d = float(np.abs(a.astype(np.float64) - b.astype(np.float64)).max())
+    return d if d > 0 else float(np.finfo(np.float32).tiny)
 
 
 def fixtures():
@@ -173,6 +189,13 @@ def main():
                     per = np.abs(cu - c1).max(axis=1) / scale
                     row(name, mode, "chunk=1 vs chunked pos 0", float(per[0]), PROD_TOL0)
                     row(name, mode, "chunk=1 vs chunked median", float(np.median(per)), PROD_TOL_MED)
+                if mode == "prod":   # compact KV rows (default) vs f32 rows: the same bits
+                    kf = logits(bindir, g, tj, work / f"{tag}.{mode}.kvf32.f32", nv, "--cuda", *flags,
+                                env={"DS4_CUDA_KV": "f32"})
+                    row(name, mode, "kv compact vs f32 rows", bitdiff(cu, kf), 0.0)
+                    kf1 = logits(bindir, g, tj, work / f"{tag}.{mode}.kvf32_1.f32", nv, "--cuda", "--prefill-chunk",
+                                 "1", *flags, env={"DS4_CUDA_KV": "f32"})
+                    row(name, mode, "kv compact vs f32, chunk=1", bitdiff(c1, kf1), 0.0)
                 cb = logits(bindir, g, tj, work / f"{tag}.{mode}.cudab.f32", nv, "--cuda", *flags, env=NO_BATCH)
                 row(name, mode, "chunk=1 vs chunked, no batch", float(np.abs(c1 - cb).max()), 0.0)
         except Exception as ex:  # a crash is a failed case, the others still run

@@ -15,6 +15,11 @@
 #include "ops_harness.h"  // first: the C headers inside extern "C"
 #include "backend/cuda/cuda_backend.h"
 
+// Compact cached rows (kv_fmt.h) in production numerics: ops_kv.cu. The other cases run on
+// f32 rows (the hook below turns the layout off right after creation), as they always did.
+void ops_kv(ds4_backend *C, ds4_backend *G, const char *mode);
+extern "C" void ds4_cuda_set_kv_compact(ds4_backend *be, int on);
+
 // ---- a model-less weight mapping: tensors in one in-memory GGUF (kW, ops_harness.h) --
 
 static int make_model(ds4_model *m, uint8_t **buf) {
@@ -50,6 +55,7 @@ static int make_model(ds4_model *m, uint8_t **buf) {
     m->hp.n_expert_used = 6;
     m->hp.n_ff_exp = 64;
     m->hp.n_embd = 64;
+    m->hp.n_rot = 64;   // the layout of the generic attention op's compact rows (ops_kv.cu)
     for (size_t i = 0; i < sizeof kW / sizeof kW[0]; i++) {
         const ds4_gguf_tensor *gt = ds4_gguf_find_tensor(g, kW[i].name);
         g_t[i].data = gt->data;
@@ -275,6 +281,7 @@ static void run(ds4_backend *C, ds4_backend *G, const char *mode) {
     ops_batch_indexer(C, G, mode);
     ops_batch_attn(C, G, mode);
     ops_batch_moe(C, G, mode);
+    ops_kv(C, G, mode);
 }
 
 // --cpu-self: both sides on the CPU backend (checks the harness itself without a GPU:
@@ -296,6 +303,7 @@ int main(int argc, char **argv) {
             fprintf(stderr, "backend: %s\n", err);
             return 1;
         }
+        if (!self) ds4_cuda_set_kv_compact(G, 0);   // f32 rows unless a case turns them on
         run(C, G, num == DS4_NUM_EXACT ? "exact" : "prod ");
         C->free(C);
         G->free(G);

@@ -25,6 +25,10 @@
 // 2^15 · p = hi + lo (p <= 1). Each product pair goes through mma.m16n8k16 (f16 inputs,
 // f32 accumulation, products exact), so logits and outputs carry f32-level rounding only.
 // (A row that is not an f16 value would be rounded to f16 here: production rows never are.)
+// Compact comp rows (ds4cu::kv_compact, kv_fmt.h): k_rows_f16 decodes them (kv_fmt.h's
+// exact decoder) and rounds the f32 value to f16 like an f32 row's, so comp16 holds the
+// same halves either way; the f32 path decodes them while staging its tiles; the huge-hd
+// fallback hands them to ds4cu::attention with this call's n_rot.
 // Block = (token, 32 heads), 8 warps, rows in tiles of 64 through shared memory (cp.async,
 // double-buffered, gathered by the row list):
 //  - QK: warp (hq, kq) keeps the hi/lo A fragments of heads hq·16..+16 × dims kq·hd/4..+hd/4
@@ -41,6 +45,7 @@
 // and removed: not faster on the H200, and compute-sanitizer racecheck reported hazards.)
 #include "common.cuh"
 #include "cuda_internal.h"
+#include "backend/kv_fmt.h"
 
 #include <cuda_fp16.h>
 #include <math.h>
@@ -67,6 +72,8 @@ struct AnArgs {
     int64_t qs;
     const float *raw;        // f32 path: raw ring [raw_cap][hd]
     const float *comp;       // f32 path: compressed rows [*][hd] (NULL when R == 0)
+    const uint8_t *compc;    // f32 path: compact compressed rows [*][comp_rb bytes] (NULL: comp)
+    int64_t comp_rb;
     const __half *raw16;     // tensor path: f16 copy of the ring, by slot [raw_cap][hd]
     const __half *comp16;    // tensor path: f16 copy of the compressed rows [ncmax][hd]
     const int32_t *idx;      // [n_tok][k_top] (backend memory) or NULL
@@ -75,6 +82,7 @@ struct AnArgs {
     float *out;              // [n_tok][os]: n_head rows of hd per token
     int64_t os, pos0;
     int raw_cap, n_win, R, k_top, n_head, hd, half, n_tok, ft;   // ft: f32 path rows per tile
+    int n_rot;               // compact rows: their rope dims (2·half)
     float scale;
 };
 
@@ -146,15 +154,33 @@ __device__ __forceinline__ float rope_elem(const float *x, int d, int off, int h
 // =====================================================================================
 // f16 staging of the rows (tensor path)
 // =====================================================================================
-// Rows u < nr: ring slots (sa + u) % raw_cap; then compressed rows u − nr < nc. One warp
-// per row, float4 loads (hd % 64 == 0 on this path, 16-byte aligned rows).
-__global__ void __launch_bounds__(kThreads) k_rows_f16(const float *raw, const float *comp, __half *raw16,
-                                                       __half *comp16, int hd, int raw_cap, int sa, int nr, int nc) {
+// Rows u < nr: ring slots (sa + u) % raw_cap; then compressed rows u − nr < nc (f32, or
+// compact rows of crb bytes with n_rot rope dims when compc != NULL: decoded exactly, then
+// rounded as the f32 value). One warp per row, float4 loads (hd % 64 == 0 on this path,
+// 16-byte aligned f32 rows).
+__global__ void __launch_bounds__(kThreads) k_rows_f16(const float *raw, const float *comp, const uint8_t *compc,
+                                                       int64_t crb, int n_rot, __half *raw16, __half *comp16, int hd,
+                                                       int raw_cap, int sa, int nr, int nc) {
     ds4cu::pdl_wait();
     ds4cu::pdl_trigger();
     const int64_t u = (int64_t)blockIdx.x * (kThreads / 32) + (threadIdx.x >> 5);
     const int lane = threadIdx.x & 31;
     if (u >= (int64_t)nr + nc) return;   // whole warps leave together
+    if (u >= nr && compc) {
+        const uint8_t *row = compc + (u - nr) * crb;
+        __half *dst = comp16 + (u - nr) * hd;
+        for (int c = lane; c < hd / 4; c += 32) {
+            float v[4];
+#pragma unroll
+            for (int k = 0; k < 4; k++) v[k] = ds4_kv_attn_get(row, hd, n_rot, 4 * c + k);
+            const __half2 h0 = __floats2half2_rn(v[0], v[1]), h1 = __floats2half2_rn(v[2], v[3]);
+            uint2 w;
+            w.x = *reinterpret_cast<const uint32_t *>(&h0);
+            w.y = *reinterpret_cast<const uint32_t *>(&h1);
+            reinterpret_cast<uint2 *>(dst)[c] = w;
+        }
+        return;
+    }
     const float *src;
     __half *dst;
     if (u < nr) {
@@ -535,7 +561,14 @@ __global__ void __launch_bounds__(kThreads) k_attn_n_f32(AnArgs a) {
         const int nr = min(ft, N - j0);
         __syncthreads();   // the previous tile's readers are done (and q is visible)
         for (int r = w; r < nr; r += kThreads / 32) {
-            const float *src = row_ptr(a.raw, a.comp, tr, a.raw_cap, hd, j0 + r);
+            const int j = j0 + r;
+            if (a.compc && j >= tr.nwin) {   // compact comp row: decoded (exact)
+                const int c = j - tr.nwin;
+                const uint8_t *src = a.compc + (int64_t)(tr.ix ? __ldg(tr.ix + c) : c) * a.comp_rb;
+                for (int d = lane; d < hd; d += 32) rows[r * hd + d] = ds4_kv_attn_get(src, hd, a.n_rot, d);
+                continue;
+            }
+            const float *src = row_ptr(a.raw, a.comp, tr, a.raw_cap, hd, j);
             for (int d = lane; d < hd; d += 32) rows[r * hd + d] = src[d];
         }
         __syncthreads();
@@ -611,7 +644,9 @@ void ds4cu_attention_n(ds4_backend *be, const float *q, int64_t qs, int n_head, 
                 nb = (int)nv;
             }
             float *ot = out + t * os;
-            be->attention(be, q + t * qs, n_head, hd, raw, ia.data(), na, comp, ib.data(), nb, sinks, scale, ot);
+            // (compact comp rows: decoded there with this call's n_rot)
+            ds4cu::attention(be, q + t * qs, n_head, hd, raw, ia.data(), na, comp, ib.data(), nb, sinks, scale, n_rot,
+                             ot);
             be->rope(be, ot, hd, n_head, hd, n_rot, p, inv_freq, true);
         }
         return;
@@ -622,7 +657,12 @@ void ds4cu_attention_n(ds4_backend *be, const float *q, int64_t qs, int n_head, 
     a.q = q;
     a.qs = qs;
     a.raw = raw;
-    a.comp = comp;
+    // compact comp rows (backend.h kv_row_bytes): rows of crb bytes
+    const int64_t crb = R > 0 ? (int64_t)ds4cu::kv_bytes(be, DS4_KV_ROW_ATTN, hd, n_rot) : 0;
+    a.comp = crb ? nullptr : comp;
+    a.compc = crb ? (const uint8_t *)comp : nullptr;
+    a.comp_rb = crb;
+    a.n_rot = n_rot;
     a.idx = idx;
     a.sinks = sinks;
     a.out = out;
@@ -652,8 +692,9 @@ void ds4cu_attention_n(ds4_backend *be, const float *q, int64_t qs, int n_head, 
         a.rope = (const float2 *)ds4cu::stage(be, tab.data(), need * sizeof(float2));
     }
 
+    // (compact comp rows are read bytewise: their address does not matter)
     const bool tc = !ds4cu::exact(be) && (hd == 64 || hd == 128 || hd == 256 || hd == 512) &&
-                    ((uintptr_t)raw | (uintptr_t)comp) % 16 == 0;
+                    ((uintptr_t)raw | (crb ? (uintptr_t)0 : (uintptr_t)comp)) % 16 == 0;
     if (tc) {
         // f16 copies of the rows the sub-batch can read: ring positions [pa, pos0 + n_tok)
         // (at most raw_cap slots) and compressed rows [0, (pos0 + n_tok) / R)
@@ -670,8 +711,8 @@ void ds4cu_attention_n(ds4_backend *be, const float *q, int64_t qs, int n_head, 
         a.comp16 = (const __half *)(scr + raw_bytes);
         const int64_t rows = (int64_t)nr + nc;
         const unsigned cblocks = (unsigned)((rows + kThreads / 32 - 1) / (kThreads / 32));
-        DS4CU_CK(ds4cu::launch(k_rows_f16, dim3(cblocks), dim3(kThreads), 0, st, raw, comp, (__half *)a.raw16,
-                               (__half *)a.comp16, (int)hd, raw_cap, (int)(pa % raw_cap), nr, nc));
+        DS4CU_CK(ds4cu::launch(k_rows_f16, dim3(cblocks), dim3(kThreads), 0, st, raw, a.comp, a.compc, crb, n_rot,
+                               (__half *)a.raw16, (__half *)a.comp16, (int)hd, raw_cap, (int)(pa % raw_cap), nr, nc));
         const int64_t blocks = (int64_t)n_tok * ((n_head + kHG - 1) / kHG);
         DS4_ASSERT(blocks < INT32_MAX);
         switch (hd) {

@@ -18,12 +18,20 @@
 //   3. rope (cos/sin of (float)(w·R) · inv_freq[j], staged host table), then
 //      prod ∧ indexer: Hadamard + FP4 per 32-block + F16; prod: FP8 of [0, hd − n_rot)
 //      + F16; exact: as is — written to rows + w·hd.
-// Shapes the kernel cannot hold (row > 48 KiB of shared memory) run the op sequence.
+// Compact rows (ds4cu::kv_compact, backend.h kv_row_bytes): step 3 writes the finished
+// row to a second shared row instead, and the block encodes it into rows + w·rb
+// (kv_rows.cuh: the bytes of ds4_kv_index_encode for indexer rows, ds4_kv_attn_encode
+// with n_rot otherwise, of the f32 row the f32 layout would hold). The rmsnorm plan is
+// then the one of a 16-byte aligned f32 row (the session's f32 rows are), so the values
+// are those of the f32 layout whatever the compact row's address.
+// Shapes the kernel cannot hold (row > 48 KiB of shared memory) run the op sequence (on
+// an f32 scratch row, then encoded, when compact).
 #include <math.h>
 #include <string.h>
 
 #include "common.cuh"
 #include "cuda_internal.h"
+#include "kv_rows.cuh"
 #include "row_chain.cuh"
 extern "C" {
 #include "core/common.h"
@@ -40,7 +48,9 @@ struct CompArgs {
     const float *ring;   // [cap][2*coff*hd] entries: C (coff*hd) | Z + ape (coff*hd)
     const float *norm;   // [hd] rmsnorm weights
     const float *tab;    // [gridDim.x][2*half] cos | sin of window (w0 + blockIdx.x)'s position
-    float *rows;         // [*][hd]: window w's row at rows + w*hd
+    float *rows;         // [*][hd]: window w's row at rows + w*hd (f32 layout)
+    uint8_t *crows;      // compact layout: window w's row at crows + w*rb (NULL: f32)
+    int64_t rb;          // compact row bytes
     int64_t w0;          // first window of this launch
     int64_t cap;         // ring entries
     int64_t rw;          // 2*coff*hd: entry stride
@@ -81,7 +91,7 @@ __device__ __forceinline__ float pool_feature(const float *cur, const float *pre
 }
 
 __global__ void __launch_bounds__(1024) k_compress_rows(const __grid_constant__ CompArgs A) {
-    extern __shared__ float4 smem4[]; // [hd] floats, 16-byte aligned
+    extern __shared__ float4 smem4[]; // [hd] floats, 16-byte aligned (+ [hd] when compact)
     float *sm = (float *)smem4;
     __shared__ double sh[32];
     // programmatic dependent launch: the ring is written by earlier kernels
@@ -91,17 +101,26 @@ __global__ void __launch_bounds__(1024) k_compress_rows(const __grid_constant__ 
     const int64_t w = A.w0 + blockIdx.x;
     const float *cur = A.ring + ((w * A.R) % A.cap) * A.rw;
     const float *prev = A.coff == 2 && w > 0 ? A.ring + (((w - 1) * A.R) % A.cap) * A.rw : nullptr;
-    float *out = A.rows + w * hd;
+    const bool compact = A.crows != nullptr;
+    // compact: the finished f32 row goes to the second shared row, then is encoded
+    float *out = compact ? sm + hd : A.rows + w * hd;
     for (int f = tid; f < hd; f += T) sm[f] = pool_feature(cur, prev, A.rw, A.R, A.coff, hd, f);
     __syncthreads();
     int v4, th;
-    rms_plan(out, A.norm, hd, &v4, &th); // cu_rmsnorm(out, hd, norm, out, hd, hd, 1)
+    // cu_rmsnorm(out, hd, norm, out, hd, hd, 1); compact: as for an aligned f32 row
+    rms_plan(compact ? nullptr : out, A.norm, hd, &v4, &th);
     rms_row(sm, A.norm, hd, v4, th, A.eps, sm, sh);
     __syncthreads();
     const int half = A.n_rot / 2;
     const float *c = A.tab + (int64_t)blockIdx.x * 2 * half, *s = c + half;
     if (A.prod && A.indexer) rope_hadamard_fp4_row(sm, out, hd, A.n_rot, c, s, true);
     else kv_row_store(sm, hd, A.n_rot, c, s, A.prod != 0, out, nullptr);
+    if (compact) {
+        __syncthreads(); // block-uniform branch: the whole row is in out
+        uint8_t *row = A.crows + w * A.rb;
+        if (A.indexer) ds4cu::kv::encode_index_block(out, hd, row);
+        else ds4cu::kv::encode_attn_block(out, hd, A.n_rot, row);
+    }
 }
 
 }  // namespace
@@ -112,13 +131,18 @@ void ds4cu_compress_rows(ds4_backend *be, const float *ring, int cap, int R, int
     DS4_ASSERT(cap > 0 && R > 0 && (coff == 1 || coff == 2) && hd > 0 && w0 >= 0);
     DS4_ASSERT(n_rot >= 0 && n_rot % 2 == 0 && n_rot <= hd && n_rot / 2 <= 128);
     if (w1 <= w0) return;
-    const size_t smem = (size_t)hd * sizeof(float);
+    const int kind = indexer ? DS4_KV_ROW_INDEX : DS4_KV_ROW_ATTN;
+    const size_t rb = ds4cu::kv_bytes(be, kind, hd, n_rot); // 0: f32 rows
+    const size_t smem = (size_t)hd * sizeof(float) * (rb ? 2 : 1);
     if (smem > kMaxSmem) { // forward.c's compressor_step sequence, window by window
         const int64_t rw = 2 * coff * hd;
+        // compact: each window's row in an f32 scratch row (aligned, as the session's f32
+        // rows), then encoded; stream order keeps the reuse safe
+        float *tmp = rb ? (float *)ds4cu::scratch(be, ds4cu::SCR_KV_ENC, (size_t)hd * sizeof(float)) : NULL;
         for (int64_t w = w0; w < w1; w++) {
             const float *cur = ring + ((w * R) % cap) * rw;
             const float *prev = coff == 2 && w > 0 ? ring + (((w - 1) * R) % cap) * rw : NULL;
-            float *out = rows + w * hd;
+            float *out = rb ? tmp : rows + w * hd;
             be->compress_pool(be, cur, prev, rw, R, coff, hd, out);
             be->rmsnorm(be, out, hd, norm, out, hd, hd, 1, eps);
             be->rope(be, out, hd, 1, hd, n_rot, w * R, inv_freq, false);
@@ -127,6 +151,7 @@ void ds4cu_compress_rows(ds4_backend *be, const float *ring, int cap, int R, int
                 else be->fp8_sim(be, out, hd, 1, hd - n_rot);
                 be->round_f16(be, out, hd);
             }
+            if (rb) ds4cu::kv_encode(be, out, hd, 1, kind, hd, n_rot, (uint8_t *)rows + w * (int64_t)rb);
         }
         return;
     }
@@ -134,7 +159,9 @@ void ds4cu_compress_rows(ds4_backend *be, const float *ring, int cap, int R, int
     memset(&A, 0, sizeof A);
     A.ring = ring;
     A.norm = norm;
-    A.rows = rows;
+    A.rows = rb ? nullptr : rows;
+    A.crows = rb ? (uint8_t *)rows : nullptr;
+    A.rb = (int64_t)rb;
     A.cap = cap;
     A.rw = 2 * (int64_t)coff * hd;
     A.eps = eps;
@@ -149,7 +176,7 @@ void ds4cu_compress_rows(ds4_backend *be, const float *ring, int cap, int R, int
     // window: rows + w·hd keeps the alignment of rows when hd % 4 == 0, and hd % 4 != 0
     // is the scalar plan whatever the address)
     int v4, th;
-    rms_plan(rows + w0 * hd, norm, hd, &v4, &th);
+    rms_plan(rb ? nullptr : rows + w0 * hd, norm, hd, &v4, &th);
     int T = (int)(hd < 1024 ? (hd + 31) / 32 * 32 : 1024);
     if (th > T) T = th;
     const int half = n_rot / 2;

@@ -22,6 +22,10 @@
 //    device, the selected experts' ids never leave it).
 // rope's inv_freq argument is host memory (the engine's table): cos/sin are computed on
 // the host exactly as the CPU backend does and passed by value.
+// Cached compressed rows are stored in kv_fmt.h's compact layout in production numerics
+// (ds4cu::kv_compact, be->kv_row_bytes; DS4_CUDA_KV=f32 keeps f32 rows): compress_rows
+// writes them, the ops that read them decode exactly; the generic attention op gathers and
+// decodes its rows_b (kv_rows.cu) with the model's n_rot before the f32 kernel.
 // Environment (diagnostics): DS4_CUDA_PROFILE=1 prints a per-op time table of decode
 // chunks at free (every op synchronised); DS4_CUDA_PREQ=1 quantises activations with
 // ds4_cuda_quantize_act before the matvec (same values); DS4_CUDA_NO_FUSED_MOE=1 disables
@@ -34,6 +38,8 @@
 #include <string.h>
 #include <time.h>
 
+#include <vector>
+
 #include "common.cuh"
 #include "cuda_matvec.h"
 #include "cuda_mmq.h"
@@ -44,6 +50,7 @@ extern "C" {
 #include "model/gguf.h"
 #include "model/quant.h"
 }
+#include "backend/kv_fmt.h"
 #include "cuda_backend.h"
 #include "cuda_internal.h"
 #include "moe_prefill.h"
@@ -94,8 +101,10 @@ struct cu_impl {
     // DS4_CUDA_PREQ=1: production activations quantised once per matmul by
     // ds4_cuda_quantize_act (instead of inside the matvec kernel); xq grows on demand
     bool preq;
-    // compressed rows in the compact layout (ds4cu::kv_compact)
+    // compressed rows in the compact layout (ds4cu::kv_compact); n_rot: the model's rope
+    // dims, the layout of the generic attention op's compact rows_b (it has no n_rot)
     bool kv_compact;
+    int n_rot;
     void *d_xq;
     size_t xq_cap;
     // DS4_CUDA_PROFILE=1: every op synchronises the stream before and after and adds
@@ -1449,14 +1458,41 @@ void cu_attention(ds4_backend *be, const float *q, int n_head, int64_t hd, const
                   int na, const float *rows_b, const int32_t *ib, int nb, const float *sinks, float scale,
                   float *out) {
     PROF(ATTENTION);
+    ds4cu::attention(be, q, n_head, hd, rows_a, ia, na, rows_b, ib, nb, sinks, scale, IMPL(be)->n_rot, out);
+}
+
+// Compact rows_b (kv_compact): the nb referenced rows are decoded in list order into
+// SCR_KV_DEC and read through the identity list, so k_attention sees the same values in
+// the same order as with the f32 rows.
+void attention_rows(ds4_backend *be, const float *q, int n_head, int64_t hd, const float *rows_a, const int32_t *ia,
+                    int na, const float *rows_b, const int32_t *ib, int nb, const float *sinks, float scale,
+                    int n_rot, float *out) {
     cu_impl *im = IMPL(be);
     const int32_t *dia = na > 0 ? (const int32_t *)stage(im, ia, (size_t)na * 4) : NULL;
     const int32_t *dib = nb > 0 ? (const int32_t *)stage(im, ib, (size_t)nb * 4) : NULL;
+    if (nb > 0 && im->kv_compact) {
+        DS4_ASSERT(n_rot >= 0 && n_rot <= hd);
+        float *dec = (float *)ds4cu::scratch(be, ds4cu::SCR_KV_DEC, (size_t)nb * (size_t)hd * sizeof(float));
+        ds4cu::kv_decode(be, rows_b, DS4_KV_ROW_ATTN, hd, n_rot, dib, nb, dec);
+        static thread_local std::vector<int32_t> iota; // grown, never shrunk
+        if (iota.size() < (size_t)nb) {
+            const size_t old = iota.size();
+            iota.resize((size_t)nb);
+            for (size_t j = old; j < iota.size(); j++) iota[j] = (int32_t)j;
+        }
+        dib = (const int32_t *)stage(im, iota.data(), (size_t)nb * 4);
+        rows_b = dec;
+    }
     // partial sums, then the logits (+ 16 floats: unrolled loops may load a few past n)
     const size_t smem = ((size_t)kAttWarps * kAttChunk + na + nb + 16) * sizeof(float);
     // the dynamic limit was raised to the opt-in maximum at create
     KL(k_attention, n_head, kAttWarps * 32, smem, im->st, q, hd, rows_a, dia, na, rows_b, dib, nb, sinks, scale, out);
     CKL();
+}
+
+// be->kv_row_bytes (backend.h): compact sizes when kv_compact, else 0 (f32 rows).
+size_t cu_kv_row_bytes(ds4_backend *be, int kind, int64_t hd, int n_rot) {
+    return ds4cu::kv_bytes(be, kind, hd, n_rot);
 }
 
 void cu_indexer_scores(ds4_backend *be, const float *q, const float *w, float scale, int n_head, int64_t hd,
@@ -1693,6 +1729,11 @@ void *scratch(ds4_backend *be, int slot, size_t bytes) {
 unsigned *counters(ds4_backend *be) { return IMPL(be)->d_counters; }
 bool exact(ds4_backend *be) { return be->numerics == DS4_NUM_EXACT; }
 bool kv_compact(ds4_backend *be) { return IMPL(be)->kv_compact; }
+void attention(ds4_backend *be, const float *q, int n_head, int64_t hd, const float *rows_a, const int32_t *ia,
+               int na, const float *rows_b, const int32_t *ib, int nb, const float *sinks, float scale, int n_rot,
+               float *out) {
+    attention_rows(be, q, n_head, hd, rows_a, ia, na, rows_b, ib, nb, sinks, scale, n_rot, out);
+}
 void check(cudaError_t e, const char *what, const char *file, int line) { cu_check(e, what, file, line); }
 }  // namespace ds4cu
 
@@ -1776,6 +1817,7 @@ extern "C" int ds4_backend_cuda_create(ds4_backend **out, const ds4_model *m, ds
         im->moe_k = (int)m->hp.n_expert_used;
         im->moe_ff = (int64_t)m->hp.n_ff_exp;
         im->moe_d = (int64_t)m->hp.n_embd;
+        im->n_rot = (int)m->hp.n_rot;
         {
             cudaFuncAttributes fa;
             TRY_GO(cudaFuncGetAttributes(&fa, k_attention));
@@ -1816,6 +1858,7 @@ extern "C" int ds4_backend_cuda_create(ds4_backend **out, const ds4_model *m, ds
     be->fp8_sim = cu_fp8_sim;
     be->hadamard_fp4_sim = cu_hadamard_fp4_sim;
     be->round_f16 = cu_round_f16;
+    be->kv_row_bytes = cu_kv_row_bytes;
     // DS4_CUDA_NO_FUSED=1: none of the fused ops (forward.c's op sequences instead);
     // a comma list (hc,qkv,topk,attn,mm) turns off only those (diagnostics)
     {
@@ -1839,8 +1882,11 @@ extern "C" int ds4_backend_cuda_create(ds4_backend **out, const ds4_model *m, ds
     be->matmul_groups = getenv("DS4_CUDA_NO_FUSED_MOE") ? NULL : cu_matmul_groups;
     {
         const char *kv = getenv("DS4_CUDA_KV");
-        // TODO(compact KV, in progress): true with be->kv_row_bytes once every op reads the layout
-        im->kv_compact = false && numerics == DS4_NUM_PROD && !(kv && !strcmp(kv, "f32"));
+        // compact rows need compress_rows (forward.c's generic compressor sequence writes
+        // f32 rows; the session refuses compact rows without it): DS4_CUDA_NO_FUSED=batch
+        // or rows_n keeps f32 rows
+        // TODO(compact KV): on once attention_ex / indexer_scores read the layout too
+        im->kv_compact = false && numerics == DS4_NUM_PROD && !(kv && !strcmp(kv, "f32")) && be->compress_rows != NULL;
         const char *pq = getenv("DS4_CUDA_PREQ");
         im->preq = pq && *pq == '1';
         const char *pf = getenv("DS4_CUDA_PROFILE");
@@ -1858,6 +1904,14 @@ extern "C" int ds4_backend_cuda_create(ds4_backend **out, const ds4_model *m, ds
 fail:
     cu_free(be);
     return rc;
+}
+
+// Test hook (tests/cuda: not part of cuda_backend.h): compact cached rows on (1) or off (0).
+// Effective only where creation could have turned them on (production numerics with
+// compress_rows); the rows already written keep their layout, so a caller switches only
+// between calls whose row arguments it builds itself.
+extern "C" void ds4_cuda_set_kv_compact(ds4_backend *be, int on) {
+    IMPL(be)->kv_compact = on && be->numerics == DS4_NUM_PROD && be->compress_rows != NULL;
 }
 
 extern "C" void ds4_backend_cuda_load_stats(const ds4_backend *be, double *upload_s, size_t *weight_bytes) {

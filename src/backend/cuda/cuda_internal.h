@@ -45,9 +45,11 @@ void *stage(ds4_backend *be, const void *host, size_t bytes);
 // SCR_MOE_PF: the large-chunk MoE path's routing lists and packed rows; SCR_IDX: indexer
 // scores of a sub-batch; SCR_ATTN_N: attention_n partials; SCR_QKV_N: qkv_rope_n /
 // compress_rows staged tables.
+// Compact rows (kv_rows.cu): SCR_KV_DEC: the generic attention op's rows_b decoded to f32;
+// SCR_KV_ENC: compress_rows' huge-row fallback row before it is encoded.
 enum ScratchSlot {
     SCR_HC = 0, SCR_ATT, SCR_MOE, SCR_MOE_SHARED, SCR_MOE_GROUP,
-    SCR_ACTQ, SCR_MOE_PF, SCR_IDX, SCR_ATTN_N, SCR_QKV_N, SCR_COUNT
+    SCR_ACTQ, SCR_MOE_PF, SCR_IDX, SCR_ATTN_N, SCR_QKV_N, SCR_KV_DEC, SCR_KV_ENC, SCR_COUNT
 };
 void *scratch(ds4_backend *be, int slot, size_t bytes);
 // kCounters unsigned ints of device memory, zero at creation. A kernel that uses one
@@ -64,6 +66,24 @@ bool exact(ds4_backend *be);
 // (attention / attention_ex rows_b, indexer_scores keys, compress_rows rows, indexer_topk
 // keys, attention_n comp) reads or writes that layout when this is true.
 bool kv_compact(ds4_backend *be);
+// kv_rows.cu. Bytes of one compact row of kind DS4_KV_ROW_ATTN (width hd, last n_rot dims
+// rope) or DS4_KV_ROW_INDEX when kv_compact, else 0 (rows are hd f32).
+size_t kv_bytes(ds4_backend *be, int kind, int64_t hd, int n_rot);
+// dst[j·hd + i] = value i of compact row (ix ? ix[j] : j) of rows, j < n (ix: device
+// memory; exact, kv_fmt.h's decoders). Stream-ordered, no synchronisation.
+void kv_decode(ds4_backend *be, const void *rows, int kind, int64_t hd, int n_rot, const int32_t *ix, int n,
+               float *dst);
+// Rows j < n of src (stride ss floats) encoded into dst + j·row bytes: the bytes of
+// ds4_kv_attn_encode / ds4_kv_index_encode (padding zero). Stream-ordered.
+void kv_encode(ds4_backend *be, const float *src, int64_t ss, int n, int kind, int64_t hd, int n_rot, void *dst);
+// cuda_backend.cu. The generic attention op (backend.h attention) with the n_rot of rows_b
+// given: when kv_compact, rows_b holds compact attention rows of width hd whose last n_rot
+// dims are rope (be->attention itself uses the model's rope.dimension_count, having no
+// n_rot argument); the referenced rows are decoded into SCR_KV_DEC and the f32 kernel runs
+// on them, so the values equal those of the f32 rows bit for bit. ia / ib host arrays.
+void attention(ds4_backend *be, const float *q, int n_head, int64_t hd, const float *rows_a, const int32_t *ia,
+               int na, const float *rows_b, const int32_t *ib, int nb, const float *sinks, float scale, int n_rot,
+               float *out);
 // A CUDA failure inside an op (ops have no error path): reported like a failed assertion.
 void check(cudaError_t e, const char *what, const char *file, int line);
 

@@ -30,12 +30,17 @@
 // heads, and the score row is stored (f32) to scratch. Shared-memory rows are 256 bytes,
 // 16-byte chunks XOR-swizzled by (row & 7) so ldmatrix phases are bank-conflict free.
 //
+// Compact keys (ds4cu::kv_compact: kv_fmt.h FP4 rows with E8M0 block scales): k_keys_bf16
+// decodes them (exact) before the bf16 conversion and k_idx_f32 while staging its tiles, so
+// both paths see the values of the f32 keys, bit for bit.
+//
 // Causality: a block's key range ends at the n_vis of its last token; each token stores
 // only its c < n_vis(t). Blocks are ordered heaviest first (later tokens see more keys),
 // and when there are few token tiles the key range is split over grid.y so the GPU fills.
 #include "common.cuh"
 #include "cuda_internal.h"
 #include "topk_radix.cuh"
+#include "backend/kv_fmt.h"
 
 #include <cuda_bf16.h>
 
@@ -78,9 +83,11 @@ __device__ __forceinline__ int64_t n_vis_of(int64_t pos0, int t, int R) { return
 // =====================================================================================
 // keys -> bf16
 // =====================================================================================
-// keys [n_keys][128] f32 -> kb [n_pad][128] bf16, rows >= n_keys zero (so tiles never
-// need a bound check). One thread per pair of values.
-__global__ void __launch_bounds__(256) k_keys_bf16(const float *__restrict__ keys, int64_t n_keys, int64_t n_pad,
+// keys [n_keys][128] f32 (or compact rows of krb bytes at kc when kc != NULL) -> kb
+// [n_pad][128] bf16, rows >= n_keys zero (so tiles never need a bound check). One thread
+// per pair of values.
+__global__ void __launch_bounds__(256) k_keys_bf16(const float *__restrict__ keys, const uint8_t *__restrict__ kc,
+                                                   int64_t krb, int64_t n_keys, int64_t n_pad,
                                                    uint32_t *__restrict__ kb) {
     ds4cu::pdl_wait();
     ds4cu::pdl_trigger();
@@ -88,7 +95,17 @@ __global__ void __launch_bounds__(256) k_keys_bf16(const float *__restrict__ key
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n2; i += (int64_t)gridDim.x * blockDim.x) {
         uint32_t v = 0;
         if (i < v2) {
-            const __nv_bfloat162 b = __floats2bfloat162_rn(keys[2 * i], keys[2 * i + 1]);   // .x = low half
+            float x0, x1;
+            if (kc) {   // compact row i / 64, elements 2·(i % 64) and + 1 (exact decode)
+                const uint8_t *row = kc + (i / (kTcHd / 2)) * krb;
+                const int64_t e = 2 * (i % (kTcHd / 2));
+                x0 = ds4_kv_index_get(row, kTcHd, e);
+                x1 = ds4_kv_index_get(row, kTcHd, e + 1);
+            } else {
+                x0 = keys[2 * i];
+                x1 = keys[2 * i + 1];
+            }
+            const __nv_bfloat162 b = __floats2bfloat162_rn(x0, x1);   // .x = low half
             v = *reinterpret_cast<const uint32_t *>(&b);
         }
         kb[i] = v;
@@ -258,15 +275,16 @@ __global__ void __launch_bounds__(kTcThreads, 1)
 // =====================================================================================
 // generic f32 scores (CUDA cores)
 // =====================================================================================
-// Same inputs as k_idx_tc with f32 keys [n_vis_max][hd]. Block (key tile x, token y):
+// Same inputs as k_idx_tc with f32 keys [n_vis_max][hd] (or compact rows of krb bytes at
+// kc when kc != NULL, decoded while staging). Block (key tile x, token y):
 // thread (head group hg = tid/16, key group kg = tid%16) accumulates heads hg + 16r (r < 4)
 // x keys kg + 16j (j < 4) over d in a fixed ascending order (chunks of 64, float4 steps;
 // padding columns are 0·0). Heads go in passes of 64; per pass the head sum is the
 // thread's 4 heads, one xor-16 shuffle, then the 8 warps in order; passes add in order.
 __global__ void __launch_bounds__(kGThreads)
     k_idx_f32(const float *__restrict__ q, int64_t qs, const float *__restrict__ w, int64_t ws, float scale, int nh,
-              int hd, const float *__restrict__ keys, int R, int64_t pos0, int t_beg, float *__restrict__ score,
-              int64_t ss) {
+              int hd, const float *__restrict__ keys, const uint8_t *__restrict__ kc, int64_t krb, int R, int64_t pos0,
+              int t_beg, float *__restrict__ score, int64_t ss) {
     const int t = t_beg + (int)blockIdx.y;
     const int64_t nv = n_vis_of(pos0, t, R);
     const int64_t c0 = (int64_t)blockIdx.x * kGKeys;
@@ -296,7 +314,10 @@ __global__ void __launch_bounds__(kGThreads)
             }
             for (int i = tid; i < kGKeys * dw4; i += kGThreads) {
                 const int r = i / dw4, c = i % dw4;
-                sk[r * kGDp + c] = r < nk && c < dw ? keys[(c0 + r) * hd + d0 + c] : 0.0f;
+                float v = 0.0f;
+                if (r < nk && c < dw)
+                    v = kc ? ds4_kv_index_get(kc + (c0 + r) * krb, hd, d0 + c) : keys[(c0 + r) * hd + d0 + c];
+                sk[r * kGDp + c] = v;
             }
             __syncthreads();
             for (int c = 0; c < dw4; c += 4) {
@@ -415,13 +436,18 @@ bool make_plan(ds4_backend *be, int n_head, int64_t hd, int R, int64_t pos0, int
 
 size_t align256(size_t b) { return (b + 255) / 256 * 256; }
 
+// Compact key rows' bytes (0: f32 keys).
+int64_t key_bytes(ds4_backend *be, int64_t hd) { return (int64_t)ds4cu::kv_bytes(be, DS4_KV_ROW_INDEX, hd, 0); }
+
 // The bf16 key copy (tc path) into kb.
 void launch_keys(ds4_backend *be, const float *keys, const Plan &pl, uint16_t *kb) {
+    const int64_t krb = key_bytes(be, kTcHd);
     const int64_t pairs = pl.n_pad * (kTcHd / 2);
     int64_t blocks = (pairs + 255) / 256;
     if (blocks > 4 * (int64_t)sm_count() * 8) blocks = 4 * (int64_t)sm_count() * 8;
-    DS4CU_CK(ds4cu::launch(k_keys_bf16, dim3((unsigned)blocks), dim3(256), 0, ds4cu::stream(be), keys, pl.nv_max,
-                           pl.n_pad, reinterpret_cast<uint32_t *>(kb)));
+    DS4CU_CK(ds4cu::launch(k_keys_bf16, dim3((unsigned)blocks), dim3(256), 0, ds4cu::stream(be), krb ? nullptr : keys,
+                           krb ? (const uint8_t *)keys : nullptr, krb, pl.nv_max, pl.n_pad,
+                           reinterpret_cast<uint32_t *>(kb)));
 }
 
 // Scores of tokens [tb, te) into rows (t − tb) of score (stride pl.ss).
@@ -448,8 +474,10 @@ void launch_scores(ds4_backend *be, const float *q, int64_t qs, const float *w, 
                                ws, scale, kb, R, pos0, tb, te, kps, score, pl.ss));
     } else {
         const int64_t gx = (nv_hi + kGKeys - 1) / kGKeys;
+        const int64_t krb = key_bytes(be, hd);
         DS4CU_CK(ds4cu::launch(k_idx_f32, dim3((unsigned)gx, (unsigned)(te - tb)), dim3(kGThreads), 0, st, q, qs, w,
-                               ws, scale, n_head, (int)hd, keys, R, pos0, tb, score, pl.ss));
+                               ws, scale, n_head, (int)hd, krb ? nullptr : keys, krb ? (const uint8_t *)keys : nullptr,
+                               krb, R, pos0, tb, score, pl.ss));
     }
 }
 
@@ -481,7 +509,8 @@ void launch_topk(ds4_backend *be, const float *score, const Plan &pl, int R, int
 }  // namespace
 
 // q: token t's n_head rows of hd at q + t·qs; w: [n_tok] rows of n_head at stride ws;
-// keys: [(pos0 + n_tok) / R][hd]; idx: [n_tok][k] int32 (backend memory).
+// keys: [(pos0 + n_tok) / R][hd] (compact rows when kv_compact); idx: [n_tok][k] int32
+// (backend memory).
 void ds4cu_indexer_topk(ds4_backend *be, const float *q, int64_t qs, const float *w, int64_t ws, float scale,
                         int n_head, int64_t hd, const float *keys, int R, int64_t pos0, int n_tok, int k, int32_t *idx) {
     Plan pl;
