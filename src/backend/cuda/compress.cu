@@ -9,7 +9,7 @@
 // k_round_f16 in cuda_backend.cu): the pooling below is k_compress_pool's loop verbatim
 // per feature, the rest is row_chain.cuh (shared with qkv_rope, which checks the same
 // bits), so a window's row is bit-identical to the sequence whatever the window count;
-// allocate device memory.
+// allocate device memory (but the growable scratch row of the compact huge-row fallback).
 //
 // Block of one window w (blockIdx.x = w − first window of the launch), T threads:
 //   1. pool: thread f of [0, hd) (stride T) computes k_compress_pool's out[f] -> smem
@@ -41,7 +41,8 @@ namespace {
 
 using namespace ds4cu::rows;
 
-constexpr size_t kMaxSmem = 48 * 1024; // dynamic smem without an opt-in attribute
+constexpr size_t kMaxSmem = 48 * 1024; // dynamic + static smem without an opt-in attribute
+constexpr size_t kStaticSmem = 32 * sizeof(double); // k_compress_rows' sh[32]
 constexpr int64_t kMaxWinPerLaunch = 8192; // staged table: 8192 x 2·half floats
 
 struct CompArgs {
@@ -134,7 +135,7 @@ void ds4cu_compress_rows(ds4_backend *be, const float *ring, int cap, int R, int
     const int kind = indexer ? DS4_KV_ROW_INDEX : DS4_KV_ROW_ATTN;
     const size_t rb = ds4cu::kv_bytes(be, kind, hd, n_rot); // 0: f32 rows
     const size_t smem = (size_t)hd * sizeof(float) * (rb ? 2 : 1);
-    if (smem > kMaxSmem) { // forward.c's compressor_step sequence, window by window
+    if (smem + kStaticSmem > kMaxSmem) { // forward.c's compressor_step sequence, window by window
         const int64_t rw = 2 * coff * hd;
         // compact: each window's row in an f32 scratch row (aligned, as the session's f32
         // rows), then encoded; stream order keeps the reuse safe
