@@ -1209,6 +1209,29 @@ __global__ void __launch_bounds__(kThreads, 1) mmq2_kernel(const __grid_constant
 
 constexpr int kMT3 = 2;  // m16 tiles per warp (block rows 128·kMT3)
 
+// Shared-memory loads at 32-bit shared addresses (v3's decode: no 64-bit generic address
+// math per load). volatile: kept in program order with the barriers and cp.async waits.
+__device__ __forceinline__ uint32_t lds32(uint32_t a) {
+    uint32_t v;
+    asm volatile("ld.shared.u32 %0, [%1];" : "=r"(v) : "r"(a));
+    return v;
+}
+__device__ __forceinline__ uint32_t lds8(uint32_t a) {
+    uint32_t v;
+    asm volatile("ld.shared.u8 %0, [%1];" : "=r"(v) : "r"(a));
+    return v;
+}
+__device__ __forceinline__ uint32_t lds16(uint32_t a) {
+    uint32_t v;
+    asm volatile("ld.shared.u16 %0, [%1];" : "=r"(v) : "r"(a));
+    return v;
+}
+// The 32-bit word at 2-byte aligned shared address a (two aligned loads, a funnel shift).
+__device__ __forceinline__ uint32_t lds32u(uint32_t a) {
+    const uint32_t al = a & ~3u;
+    return fshr(lds32(al), lds32(al + 4), (a & 3u) * 8);
+}
+
 template <int WT, int MT, int NT>
 struct Cfg3 {
     static_assert(WT == W_IQ2 || WT == W_Q2_K, "v3 kernels: IQ2_XXS, Q2_K");
@@ -1265,10 +1288,11 @@ __device__ __forceinline__ void decode3_x(uint8_t *tb, const uint8_t *xr, const 
 }
 
 // The mmas of step s for one warp: A decoded from the raw blocks of its rows (rp[mt][h]:
-// block start of row 16mt + g + 8h of the warp in the raw buffer), B from tile buffer tb;
-// then the superblock's float term (v1's operations). nv: n8 tiles holding tokens (1..NT).
+// shared address of the block of row 16mt + g + 8h of the warp in the raw buffer; even),
+// B from tile buffer tb; then the superblock's float term (v1's operations). nv: n8 tiles
+// holding tokens (1..NT).
 template <int WT, int MT, int NT, bool FULL>
-__device__ __forceinline__ void mma3(const uint8_t *sm, const uint8_t *tb, const uint8_t *const (&rp)[MT][2],
+__device__ __forceinline__ void mma3(const uint8_t *sm, const uint8_t *tb, const uint32_t (&rp)[MT][2],
                                      float (&acc)[MT][NT][4], int lane, int nv) {
     if (FULL) nv = NT;  // (FULL: every n8 tile holds tokens; no guards in the loop)
     using C = Cfg3<WT, MT, NT>;
@@ -1299,8 +1323,18 @@ __device__ __forceinline__ void mma3(const uint8_t *sm, const uint8_t *tb, const
     if constexpr (WT == W_IQ2) {
         // block: f16 d, then per sub-block 8 bytes: 4 grid indices (aux0), 4 x 7-bit sign
         // indices + 4-bit scale (aux1). Lane tig: grid entry aux0[tig], signs (aux1 >> 7tig) & 127.
-        const uint8_t *codes = sm + 4 * lane, *ssp = codes + 256 * 128;
+        const uint32_t codes = smem_u32(sm) + 4 * lane, ssp = codes + 256 * 128;
         const int ssh = 7 * tig;
+        // per row: aux0 byte tig of sub-block 0, the aligned word below its aux1, the funnel shift
+        uint32_t ga[MT][2], aa[MT][2], fs[MT][2];
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                ga[mt][h] = rp[mt][h] + 2 + tig;
+                aa[mt][h] = (rp[mt][h] + 6) & ~3u;
+                fs[mt][h] = ((rp[mt][h] + 6) & 3u) * 8;
+            }
 #pragma unroll 2
         for (int kk = 0; kk < 8; kk++) {
             uint32_t a[MT][4];
@@ -1309,12 +1343,9 @@ __device__ __forceinline__ void mma3(const uint8_t *sm, const uint8_t *tb, const
             for (int mt = 0; mt < MT; mt++)
 #pragma unroll
                 for (int h = 0; h < 2; h++) {
-                    const uint8_t *p = rp[mt][h] + 2 + 8 * kk;
-                    const uint32_t gi = p[tig];
-                    uint32_t a1;
-                    ld_words<1>(p + 4, &a1);
-                    const uint32_t sel = *(const uint32_t *)(codes + (gi << 7)) |
-                                         *(const uint32_t *)(ssp + (((a1 >> ssh) & 127u) << 7));
+                    const uint32_t gi = lds8(ga[mt][h] + 8 * kk);
+                    const uint32_t a1 = fshr(lds32(aa[mt][h] + 8 * kk), lds32(aa[mt][h] + 8 * kk + 4), fs[mt][h]);
+                    const uint32_t sel = lds32(codes + (gi << 7)) | lds32(ssp + (((a1 >> ssh) & 127u) << 7));
                     a[mt][h] = prmt(kIq2PosBytes, kIq2NegBytes, sel);             // elements 8tig..8tig+3
                     a[mt][2 + h] = prmt(kIq2PosBytes, kIq2NegBytes, sel >> 16);   // 8tig+4..8tig+7
                     sc[mt][h] = (int)((a1 >> 27) | 1u);                            // 2·(aux1 >> 28) + 1
@@ -1345,7 +1376,12 @@ __device__ __forceinline__ void mma3(const uint8_t *sm, const uint8_t *tb, const
 #pragma unroll
             for (int mt = 0; mt < MT; mt++)
 #pragma unroll
-                for (int h = 0; h < 2; h++) ld_words<2>(rp[mt][h] + 16 + 32 * hh + 8 * tig, qw[mt][h]);
+                for (int h = 0; h < 2; h++) {
+                    const uint32_t q = rp[mt][h] + 16 + 32 * hh + 8 * tig, al = q & ~3u, f = (q & 3u) * 8;
+                    const uint32_t t0 = lds32(al), t1 = lds32(al + 4), t2 = lds32(al + 8);
+                    qw[mt][h][0] = fshr(t0, t1, f);
+                    qw[mt][h][1] = fshr(t1, t2, f);
+                }
 #pragma unroll
             for (int j = 0; j < 4; j++) {
                 const int kk = 4 * hh + j;
@@ -1354,7 +1390,7 @@ __device__ __forceinline__ void mma3(const uint8_t *sm, const uint8_t *tb, const
                 for (int mt = 0; mt < MT; mt++)
 #pragma unroll
                     for (int h = 0; h < 2; h++) {
-                        const uint32_t sc = rp[mt][h][2 * kk + (tig >> 1)] & 15u;
+                        const uint32_t sc = lds8(rp[mt][h] + 2 * kk + (tig >> 1)) & 15u;
                         a[mt][h] = ((qw[mt][h][0] >> (2 * j)) & 0x03030303u) * sc;  // no carry
                         a[mt][2 + h] = ((qw[mt][h][1] >> (2 * j)) & 0x03030303u) * sc;
                     }
@@ -1384,15 +1420,14 @@ __device__ __forceinline__ void mma3(const uint8_t *sm, const uint8_t *tb, const
 #pragma unroll
         for (int h = 0; h < 2; h++) {
             if constexpr (WT == W_IQ2) {
-                dw[mt][h] = f16_bits_to_f32((uint16_t)ld_u16(rp[mt][h]));
+                dw[mt][h] = f16_bits_to_f32((uint16_t)lds16(rp[mt][h]));
                 dm[mt][h] = 0.0f;
                 am[mt][h] = 0;
             } else {
-                dw[mt][h] = f16_bits_to_f32((uint16_t)ld_u16(rp[mt][h] + 80));
-                dm[mt][h] = f16_bits_to_f32((uint16_t)ld_u16(rp[mt][h] + 82));
-                uint32_t s4;
-                ld_words<1>(rp[mt][h] + 4 * tig, &s4);  // scales 4tig..4tig+3: mins in the high nibbles
-                am[mt][h] = (s4 >> 4) & 0x0F0F0F0Fu;
+                dw[mt][h] = f16_bits_to_f32((uint16_t)lds16(rp[mt][h] + 80));
+                dm[mt][h] = f16_bits_to_f32((uint16_t)lds16(rp[mt][h] + 82));
+                // scales 4tig..4tig+3: mins in the high nibbles
+                am[mt][h] = (lds32u(rp[mt][h] + 4 * tig) >> 4) & 0x0F0F0F0Fu;
             }
         }
 #pragma unroll
@@ -1552,15 +1587,16 @@ __global__ void __launch_bounds__(kThreads, 1) mmq3_kernel(const __grid_constant
         if (s + 2 < P.nks) stage_w(s + 2);
         cp_async_commit();
         if (rows) {
-            const uint8_t *wb = wraw + (s % C::NWB) * C::WBUF;  // landed: waited in phase s-1 / prologue
+            // buffer of step s: landed (waited in phase s-1 / the prologue)
+            const uint32_t wb = smem_u32(wraw) + (uint32_t)((s % C::NWB) * C::WBUF);
             const uint32_t so = (uint32_t)s * C::WSTEP;
-            const uint8_t *rp[MT][2];
+            uint32_t rp[MT][2];
 #pragma unroll
             for (int mt = 0; mt < MT; mt++)
 #pragma unroll
                 for (int h = 0; h < 2; h++) {
                     const int r = 16 * mt + g + 8 * h;
-                    rp[mt][h] = wb + r * C::WSLOT + ((wlo + (uint32_t)(wr0 + r) * rbl + so) & 15u);
+                    rp[mt][h] = wb + (uint32_t)(r * C::WSLOT) + ((wlo + (uint32_t)(wr0 + r) * rbl + so) & 15u);
                 }
             const uint8_t *tb = sm + C::O_T0 + (s & 1) * C::TBYTES;
             if (nv == NT)
