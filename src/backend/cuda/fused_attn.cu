@@ -5,13 +5,15 @@
 //
 // Owns: k_topk (one block: radix select on order-preserving keys, then an ordered
 // compaction), k_attn_ex (flash-decoding: blocks = (head group, row chunk), a fixed-shape
-// last-block-done merge tree over the chunks, rope at the root) and the entry points
+// last-block-done merge tree over the chunks, rope at the root; compressed rows read in
+// kv_fmt.h's compact layout when ds4cu::kv_compact) and the entry points
 // ds4cu_topk_dev / ds4cu_attention_ex. Must not: read device values back to the host
 // (except the hd > 512 fallback, which runs the generic op sequence), or let any value
 // depend on timing: every sum has an order fixed by the shapes alone.
 #include "common.cuh"
 #include "cuda_internal.h"
 #include "topk_radix.cuh"
+#include "backend/kv_fmt.h"
 
 #include <math.h>
 #include <string.h>
@@ -69,6 +71,18 @@ __global__ void __launch_bounds__(kTkThreads, 1) k_topk(const float *__restrict_
 // each node is merged by the last of its children to arrive (counter, __threadfence),
 // children always in index order, so the values depend on the shapes only. The root adds
 // the sink, divides, and applies the inverse rope (k_rope's arithmetic) while storing.
+//
+// Compact rows_b (ds4cu::kv_compact; kv_fmt.h attention rows of rbytes bytes, 592 for
+// Flash): a tile's compressed rows are cp.async'd as bytes into a double-buffered staging
+// area (issued one tile ahead like the f32 rows, which still go straight into the f32
+// tile), and once tile t has landed every thread decodes a share of its compressed rows
+// into the f32 tile (one extra barrier); the logit and p·V phases then read the same f32
+// values an f32 row would hold, so the results are bit-identical to the f32 path on the
+// decoded rows. Decoding once per tile costs each thread 8 steps of ~25 instructions
+// (Flash: a 4-byte load of 4 codes and the scale byte, byte → f32 bits, one multiply by a
+// power of two, a float4 store) and the block a tile's worth of conflict-free shared
+// stores — against ~600 instructions (512 FMAs) per thread in the logit and p·V phases —
+// and cuts the bytes read per compressed row from 4·hd to rbytes (3.5x for Flash).
 constexpr int kHS = 4;               // heads per warp
 constexpr int kHG = 8;               // heads per block (2 head sets)
 constexpr int kAW = 8;               // warps per block
@@ -96,6 +110,9 @@ struct AttArgs {
     float *scr;           // tree partials (SCR_ATT)
     unsigned *cnt;        // tree counters (CNT_ATT range)
     int n_head, hd, na, nb, rc, nch, n_hg, n_rot;
+    int kv_rot;           // compact rows: n_rot of the layout (as given, even when odd)
+    int rbytes;           // compact rows: bytes per row (ds4_kv_attn_row_bytes)
+    int cp16;             // compact rows: rows_b is 16-byte aligned (16-byte copies, else 4)
     float scale;
 };
 
@@ -164,12 +181,47 @@ __device__ __forceinline__ int cnt_off(const AttArgs &a, int lvl, int g, int i) 
     return base + g * n_l + i;
 }
 
+// Exact f32 values of compact-row elements, built from bits (no conversion instruction,
+// so every code — E4M3 0x7F included, which kv_fmt.h decodes as 480 — and every NaN
+// payload gives ds4_kv_attn_get's value). Needs f32 denormals (no -ftz): the E4M3
+// subnormals and f16 subnormals pass through denormal f32 intermediates.
+//
+// Multiplier pair of the E8M0 byte e of an FP8 block: the element is (bits · f1) · f2,
+// where bits has the code's sign, exponent and mantissa fields at the f32 positions
+// (value = code · 2^-120). For e <= 134 f1 = 2^(e−7) (a normal float) and f2 = 1: one
+// rounding of the exact product code · 2^(e−127), i.e. ds4_kv_e4m3_decode(c) ·
+// ds4_kv_e8m0_decode(e) bit for bit; else f1 = 2^120 (exact: the code value) and f2 =
+// 2^(e−127) (e = 255: inf, as ds4_kv_exp2i(128)).
+__device__ __forceinline__ void e4m3_mults(unsigned e, float &f1, float &f2) {
+    const bool lo = e <= 134u;
+    f1 = __uint_as_float(lo ? (e + 120u) << 23 : 247u << 23);
+    f2 = lo ? 1.0f : __uint_as_float(e << 23);
+}
+// E4M3 code in byte k of w -> f32 bits: the byte moved to bits 24..31, an arithmetic
+// shift by 4 puts its exponent+mantissa at bits 20..26 and copies the sign to bit 31.
+template <int K>
+__device__ __forceinline__ float e4m3_bits(uint32_t w) {
+    return __uint_as_float((uint32_t)((int32_t)(w << (24 - 8 * K)) >> 4) & 0x87F00000u);
+}
+// f16 bits -> f32, as ds4_kv_f16_to_f32 (finite values scaled from f32 bit positions by
+// 2^112, subnormals included; exponent 31 keeps the payload unquieted).
+__device__ __forceinline__ float f16_exact(uint32_t h) {
+    const uint32_t m = (h & 0x7FFFu) << 13, s = (h & 0x8000u) << 16;
+    const float f = m >= 0x0F800000u ? __uint_as_float(m | 0x7F800000u) : __uint_as_float(m) * 0x1p112f;
+    return __uint_as_float(__float_as_uint(f) | s);
+}
+
 // NE floats per lane per row (hd <= 32·NE); VEC 4: 16-byte copies and loads (hd % 4 == 0,
 // aligned bases), VEC 1: scalar (any hd). Row buffers use the natural layout [hdp = 32·NE],
 // zero beyond hd. Lane mapping of the logits: VEC 4: floats j·128 + 4·lane + [0,4);
 // VEC 1: e·32 + lane. Of p·V: NE/4 consecutive floats at dq·8·NE + lane·NE/4.
-template <int NE, int VEC>
+// CMP: rows_b are f32 (0) or compact rows decoded element by element with
+// ds4_kv_attn_get (1: any shape) or 4 elements at a time (2: VEC 4, hd and
+// kv_rot multiples of 4, so a 4-element unit is all codes of one scale block — one 4-byte
+// load — or all rope dims — one 8-byte load).
+template <int NE, int VEC, int CMP>
 __global__ void __launch_bounds__(kAThreads, 1) k_attn_ex(AttArgs a, AttIdx ix, AttRope rope) {
+    static_assert(CMP != 2 || VEC == 4, "the vector decoder writes float4s");
     ds4cu::pdl_wait();     // launched with PDL (ds4cu::launch): the previous kernel's
     ds4cu::pdl_trigger();  // outputs are visible only after the wait
     constexpr int hdp = 32 * NE;
@@ -185,6 +237,7 @@ __global__ void __launch_bounds__(kAThreads, 1) k_attn_ex(AttArgs a, AttIdx ix, 
     float *alpha = pw + kT * kHG;                             // [kHG]
     float *wts = alpha + kHG;                                 // [kFan][kHG] merge weights
     const float **rowp = reinterpret_cast<const float **>(wts + kFan * kHG); // [kRCMax]
+    uint8_t *stage = reinterpret_cast<uint8_t *>(rowp + kRCMax);   // CMP: [2][kT][rbytes]
     __shared__ int s_last;
 
     const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
@@ -198,7 +251,11 @@ __global__ void __launch_bounds__(kAThreads, 1) k_attn_ex(AttArgs a, AttIdx ix, 
         const int J = r0 + j;
         const float *p;
         if (J < a.na) p = a.ra + (int64_t)(a.ia ? a.ia[J] : ix.v[J]) * hd;
-        else p = a.rb + (int64_t)(a.ib ? a.ib[J - a.na] : ix.v[J]) * hd;
+        else {
+            const int64_t wr = a.ib ? a.ib[J - a.na] : ix.v[J];
+            if constexpr (CMP != 0) p = reinterpret_cast<const float *>(reinterpret_cast<const uint8_t *>(a.rb) + wr * a.rbytes);
+            else p = a.rb + wr * hd;
+        }
         rowp[j] = p;
     }
     // q of the logit warp's heads (zero beyond hd and for heads >= n_head)
@@ -236,20 +293,102 @@ __global__ void __launch_bounds__(kAThreads, 1) k_attn_ex(AttArgs a, AttIdx ix, 
     float M = -INFINITY, S = 0.0f;   // softmax state of head w (warp w < kHG), uniform
     __syncthreads();                 // rowp visible
 
+    // Compressed rows of tile t in compact mode: tile rows [clo, chi) (the rows of the
+    // chunk's list at positions >= na and < nrow); empty for CMP 0. Uniform per block.
+    auto crange = [&](int t, int &clo, int &chi) {
+        clo = kT;
+        chi = kT;
+        if constexpr (CMP != 0) {
+            clo = min(kT, max(0, a.na - r0 - t * kT));
+            chi = max(clo, min(kT, nrow - t * kT));
+        }
+    };
     auto issue = [&](int t) {
         float *dst = buf + (t & 1) * kT * hdp;
         const int rbase = t * kT;
+        int clo, chi;
+        crange(t, clo, chi);
+        // f32 rows (and zero fill of padding rows / dims); compact rows are skipped here
         if constexpr (VEC == 4) {
             for (int u = tid; u < kT * hdp / 4; u += kAThreads) {
                 const int r = u / (hdp / 4), d = (u % (hdp / 4)) * 4;
+                if (CMP != 0 && r >= clo && r < chi) continue;
                 const bool v = rbase + r < nrow && d < hd;
                 cpa16(dst + r * hdp + d, v ? rowp[rbase + r] + d : a.q, v);
             }
         } else {
             for (int u = tid; u < kT * hdp; u += kAThreads) {
                 const int r = u / hdp, d = u % hdp;
+                if (CMP != 0 && r >= clo && r < chi) continue;
                 const bool v = rbase + r < nrow && d < hd;
                 cpa4(dst + r * hdp + d, v ? rowp[rbase + r] + d : a.q, v);
+            }
+        }
+        // compact rows: their bytes, contiguous per row, into the staging buffer
+        if constexpr (CMP != 0) {
+            const int rbytes = a.rbytes, n = (chi - clo) * rbytes;
+            uint8_t *sdst = stage + (t & 1) * kT * rbytes + clo * rbytes;
+            if (a.cp16) {
+                for (int o = tid * 16; o < n; o += kAThreads * 16) {
+                    const int r = o / rbytes, off = o - r * rbytes;
+                    cpa16(sdst + o, reinterpret_cast<const uint8_t *>(rowp[rbase + clo + r]) + off, true);
+                }
+            } else {
+                for (int o = tid * 4; o < n; o += kAThreads * 4) {
+                    const int r = o / rbytes, off = o - r * rbytes;
+                    cpa4(sdst + o, reinterpret_cast<const uint8_t *>(rowp[rbase + clo + r]) + off, true);
+                }
+            }
+        }
+    };
+    // Compact rows of tile t: staging -> f32 tile rows [clo, chi), zero beyond hd. Called
+    // by every thread once the tile's copies are visible; the caller syncs afterwards.
+    auto decode = [&](int t, float *tb, int clo, int chi) {
+        const uint8_t *st = stage + (t & 1) * kT * a.rbytes;
+        const int rbytes = a.rbytes;
+        if constexpr (CMP == 2) {
+            // Thread = one 4-element unit (float4) of a row, the same unit in every row it
+            // visits (kAThreads is a multiple of the hdp / 4 units per row), so its kind
+            // (codes / rope / zero padding) and offsets are loop invariant; a warp's 32
+            // lanes take 32 consecutive units of one row: 4-byte code loads and float4
+            // stores without bank conflicts.
+            constexpr int kU = hdp / 4, kRS = kAThreads / kU;   // units per row, rows per step
+            const int d = 4 * (tid % kU), nq = hd - a.kv_rot;
+            const int coff = 2 * a.kv_rot + d, soff = 2 * a.kv_rot + nq + (d >> 6), roff = 2 * (d - nq);
+            for (int r = clo + tid / kU; r < chi; r += kRS) {
+                const uint8_t *srow = st + r * rbytes;
+                float4 v;
+                if (d < nq) {   // codes d .. d + 3 of scale block d / 64
+                    const uint32_t wd = *reinterpret_cast<const uint32_t *>(srow + coff);
+                    const uint32_t e = srow[soff];
+                    v = make_float4(e4m3_bits<0>(wd), e4m3_bits<1>(wd), e4m3_bits<2>(wd), e4m3_bits<3>(wd));
+                    if (e <= 134u) {   // one rounding of code · 2^(e − 127), see e4m3_mults
+                        const float f = __uint_as_float((e + 120u) << 23);
+                        v.x *= f;
+                        v.y *= f;
+                        v.z *= f;
+                        v.w *= f;
+                    } else {
+                        float f1, f2;
+                        e4m3_mults(e, f1, f2);
+                        v.x = v.x * f1 * f2;
+                        v.y = v.y * f1 * f2;
+                        v.z = v.z * f1 * f2;
+                        v.w = v.w * f1 * f2;
+                    }
+                } else if (d < hd) {   // rope dims d − nq .. + 3 as f16
+                    const uint2 h = *reinterpret_cast<const uint2 *>(srow + roff);
+                    v = make_float4(f16_exact(h.x & 0xFFFFu), f16_exact(h.x >> 16), f16_exact(h.y & 0xFFFFu),
+                                    f16_exact(h.y >> 16));
+                } else {
+                    v = make_float4(0.f, 0.f, 0.f, 0.f);
+                }
+                *reinterpret_cast<float4 *>(tb + r * hdp + d) = v;
+            }
+        } else if constexpr (CMP == 1) {
+            for (int u = tid; u < (chi - clo) * hdp; u += kAThreads) {
+                const int r = clo + u / hdp, d = u % hdp;
+                tb[r * hdp + d] = d < hd ? ds4_kv_attn_get(st + r * rbytes, hd, a.kv_rot, d) : 0.0f;
             }
         }
     };
@@ -261,6 +400,14 @@ __global__ void __launch_bounds__(kAThreads, 1) k_attn_ex(AttArgs a, AttIdx ix, 
         cpa_commit();
         cpa_wait<1>();                     // this thread's copies of tile t are done
         __syncthreads();                   // ... and everyone's
+        if constexpr (CMP != 0) {
+            int clo, chi;
+            crange(t, clo, chi);
+            if (clo < chi) {   // uniform
+                decode(t, buf + (t & 1) * kT * hdp, clo, chi);
+                __syncthreads();
+            }
+        }
         const float *tb = buf + (t & 1) * kT * hdp;
         // logits: rows rg·kRG + r, heads hs·kHS + h
         {
@@ -507,15 +654,40 @@ constexpr size_t att_smem() {
            (size_t)kRCMax * sizeof(const float *);
 }
 
-template <int NE, int VEC>
+// Staging bytes of compact rows: 2 tiles of kT rows of rbytes; rbytes <= 2·hd <= 2·32·NE
+// (2·n_rot + nq + ceil(nq / 64) <= 2·hd, rounded to 16 within 2·hdp).
+template <int NE>
+constexpr size_t att_stage_max() {
+    return (size_t)2 * kT * 2 * 32 * NE;
+}
+
+template <int NE, int VEC, int CMP>
 void att_launch(cudaStream_t st, dim3 grid, const AttArgs &a, const AttIdx &ix, const AttRope &rope) {
-    constexpr size_t smem = att_smem<NE>();
+    constexpr size_t smax = att_smem<NE>() + (CMP != 0 ? att_stage_max<NE>() : 0);
     static const bool attr_ok = [] {
-        DS4CU_CK(cudaFuncSetAttribute(k_attn_ex<NE, VEC>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        DS4CU_CK(cudaFuncSetAttribute(k_attn_ex<NE, VEC, CMP>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smax));
         return true;
     }();
     (void)attr_ok;
-    DS4CU_CK(ds4cu::launch(k_attn_ex<NE, VEC>, grid, dim3(kAThreads), smem, st, a, ix, rope));
+    const size_t smem = att_smem<NE>() + (CMP != 0 ? (size_t)2 * kT * (size_t)a.rbytes : 0);
+    DS4_ASSERT(smem <= smax);
+    DS4CU_CK(ds4cu::launch(k_attn_ex<NE, VEC, CMP>, grid, dim3(kAThreads), smem, st, a, ix, rope));
+}
+
+// The instantiation for (compact, vector path, decoder) at width NE.
+template <int NE>
+void att_dispatch(cudaStream_t st, dim3 grid, const AttArgs &a, const AttIdx &ix, const AttRope &rope, bool cmp,
+                  bool v4, bool fastdec) {
+    if (!cmp) {
+        if (v4) att_launch<NE, 4, 0>(st, grid, a, ix, rope);
+        else att_launch<NE, 1, 0>(st, grid, a, ix, rope);
+    } else if (v4 && fastdec) {
+        att_launch<NE, 4, 2>(st, grid, a, ix, rope);
+    } else if (v4) {   // the f32 path's VEC (its lane mapping fixes the summation order)
+        att_launch<NE, 4, 1>(st, grid, a, ix, rope);
+    } else {
+        att_launch<NE, 1, 1>(st, grid, a, ix, rope);
+    }
 }
 
 int sm_count() {
@@ -645,15 +817,18 @@ void ds4cu_attention_ex(ds4_backend *be, const float *q, int n_head, int64_t hd,
         a.cnt = ds4cu::counters(be) + ds4cu::CNT_ATT;
     }
     const dim3 grid((unsigned)nch, (unsigned)n_hg);
-    const bool v4 = hd % 4 == 0 && ((uintptr_t)q | (uintptr_t)rows_a | (uintptr_t)rows_b) % 16 == 0;
-    if (hd <= 128) {
-        if (v4) att_launch<4, 4>(st, grid, a, ix, rope);
-        else att_launch<4, 1>(st, grid, a, ix, rope);
-    } else if (hd <= 256) {
-        if (v4) att_launch<8, 4>(st, grid, a, ix, rope);
-        else att_launch<8, 1>(st, grid, a, ix, rope);
-    } else {
-        if (v4) att_launch<16, 4>(st, grid, a, ix, rope);
-        else att_launch<16, 1>(st, grid, a, ix, rope);
+    // Compact rows_b only matter when there are some; their base alignment picks the copy
+    // width, not the f32 path's (compact rows are bytes, decoded in shared memory).
+    const bool cmp = nb > 0 && ds4cu::kv_compact(be);
+    const bool v4 = hd % 4 == 0 && ((uintptr_t)q | (uintptr_t)rows_a | (cmp ? 0 : (uintptr_t)rows_b)) % 16 == 0;
+    const bool fastdec = hd % 4 == 0 && n_rot % 4 == 0;
+    if (cmp) {
+        DS4_ASSERT(n_rot >= 0 && (uintptr_t)rows_b % 4 == 0);
+        a.kv_rot = n_rot;
+        a.rbytes = (int)ds4_kv_attn_row_bytes(hd, n_rot);
+        a.cp16 = (uintptr_t)rows_b % 16 == 0;
     }
+    if (hd <= 128) att_dispatch<4>(st, grid, a, ix, rope, cmp, v4, fastdec);
+    else if (hd <= 256) att_dispatch<8>(st, grid, a, ix, rope, cmp, v4, fastdec);
+    else att_dispatch<16>(st, grid, a, ix, rope, cmp, v4, fastdec);
 }
