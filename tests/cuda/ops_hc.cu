@@ -23,19 +23,29 @@
 //    differ by a quantisation step's effect (matmul's own bound in test_ops is 2e-4 ·
 //    max|y|, |y| ~ 5): 2e-3.
 //  - chunks of >= 16 tokens in production (hc_chunk.cu, F16 fn, h <= 4): the same bound
-//    2e-5. Its dots are one fma chain per (token, 128-element slice) over h·128 products
-//    (512 at Flash), then the slices summed in order; a random-walk estimate of that
-//    f32 error with these inputs is ~2e-6 on the unnormalised dot; a numpy emulation of
-//    this order (128 Flash tokens, these fn / H distributions) against an f64 dot gave
-//    |Δdot| <= 2.3e-6, |Δmix| <= 4.0e-6 (|mix| <= 8.7): the size of the fused kernel's
-//    6e-6 above, so the same output bound applies. The rest (sum of
-//    squares in f64, hc_pre's and rmsnorm's per-element operations) is the fused
-//    kernel's. Chunks 16 / 300 / 2048 at Flash and tiny shapes; an unaligned H and h 8
-//    there exercise the op sequence (the path refuses them).
+//    2e-5. Its dots, per (token, 128-element slice): 8 chunk lanes each run one fma chain
+//    over 16·h products (4 steps × h streams × 4), a fixed 3-level tree adds the 8 lanes,
+//    then the slices are summed in order. A numpy emulation of this order (128 Flash
+//    tokens, these fn / H distributions) against an f64 dot gave |Δdot| <= 1.1e-6,
+//    |Δmix| <= 1.8e-6 (|mix| <= 8.4): below the fused kernel's 6e-6 above, so the same
+//    output bound applies. The rest (sum of squares in f64, hc_pre's and rmsnorm's
+//    per-element operations) is the fused kernel's. Chunks 16 / 300 / 2048 at Flash and
+//    tiny shapes, and h 1 .. 4 at d with a partial last slice (d/4 odd at h 2 and 4; at
+//    h 1 and 3 the path needs h·d % 8 == 0, so d/4 is even there) and token counts that
+//    are no multiple of the kernel's 16- or 32-token tile (33, 47, 61, 300); an unaligned
+//    H and h 8 there exercise the op sequence (the path refuses them).
+//  - weights narrower than their test tensor (h 3, d/4 odd): a view of the tensor's first
+//    h·d columns with the parent's row stride; both backends read rows through row_bytes
+//    (the CPU matmul, hc_chunk.cu and the fused kernel; these cases never reach the op
+//    sequence's mmf16, which assumes rows of 2·h·d bytes).
 // Every output starts as NaN on both sides, so an unwritten element fails. A second check
 // per multi-token case runs the first and the last token alone on the GPU (chunks of >= 16:
 // the 16 tokens starting there, see sub_tokens) and requires the same bits (the contract:
 // a token's values do not depend on n_tok); it also fails when a last-block counter was left non-zero by the previous call (the outputs stay NaN).
+//
+// Determinism (hc_det_case): a 3000-token call, then 16-token calls (kMmqMinRows, the
+// smallest chunk of the large path) and one 100-token call starting at other positions
+// (0, 7, 1501, 1900, 2984): every output (H, post, comb, xn) bit-identical. GPU only.
 //
 // hc_post_site (hc_post then hc_site in one op): reference C->hc_post (y, Hprev, the old
 // post / comb) into a separate buffer, then the sequence above on it. H is compared with
@@ -64,6 +74,21 @@ struct HcCase {
 };
 
 std::vector<float> nans(size_t n) { return std::vector<float>(n, NAN); }
+
+// The test weight `name` as fn of a site of width hw with mw rows: the tensor itself, or a
+// view of its first hw columns (same rows, same row stride) when it is wider. false (and
+// a FAIL line) when it is too small.
+bool fn_view(const char *name, int64_t hw, int mw, ds4_tensor *out, const char *what) {
+    const ds4_tensor *t = wt(name);
+    if (t->ne[0] < (uint64_t)hw || t->ne[1] < (uint64_t)mw) {
+        printf("FAIL %s: test weight %s does not fit\n", what, name);
+        g_fail++;
+        return false;
+    }
+    *out = *t;
+    out->ne[0] = (uint64_t)hw;
+    return true;
+}
 
 // Whether two GPU buffers of n floats hold the same bits.
 bool same_bits(ds4_backend *G, const float *a, const float *b, size_t n) {
@@ -120,15 +145,14 @@ void hc_time(ds4_backend *G, const char *mode, int nt) {
 }
 
 void hc_case(ds4_backend *C, ds4_backend *G, const char *mode, const HcCase &k) {
-    const ds4_tensor *fn = wt(k.w);
     const int h = k.h, mw = (2 + h) * h, nt = k.nt, iters = 20;
     const int64_t d = k.d, hw = (int64_t)h * d;
     const double hc_eps = 1e-6, eps = 1e-6;
-    if (fn->ne[0] != (uint64_t)hw || fn->ne[1] < (uint64_t)mw) {
-        printf("FAIL %s hc_site %s: test weight %s does not fit\n", mode, k.label, k.w);
-        g_fail++;
-        return;
-    }
+    char what[160];
+    snprintf(what, sizeof what, "%s hc_site %s", mode, k.label);
+    ds4_tensor fnv;
+    if (!fn_view(k.w, hw, mw, &fnv, what)) return;
+    const ds4_tensor *fn = &fnv;
     std::vector<float> nw = rvec((size_t)d, 0.5f);
     for (auto &v : nw) v += 1.0f;
     Pair H = put(C, G, rvec((size_t)(k.hoff + nt * hw))), sc = put(C, G, std::vector<float>(k.sc, k.sc + 3));
@@ -178,15 +202,14 @@ void hc_case(ds4_backend *C, ds4_backend *G, const char *mode, const HcCase &k) 
 }
 
 void hcps_case(ds4_backend *C, ds4_backend *G, const char *mode, const HcCase &k) {
-    const ds4_tensor *fn = wt(k.w);
     const int h = k.h, mw = (2 + h) * h, nt = k.nt, iters = 20, o = k.hoff;
     const int64_t d = k.d, hw = (int64_t)h * d;
     const double hc_eps = 1e-6, eps = 1e-6;
-    if (fn->ne[0] != (uint64_t)hw || fn->ne[1] < (uint64_t)mw) {
-        printf("FAIL %s hc_post_site %s: test weight %s does not fit\n", mode, k.label, k.w);
-        g_fail++;
-        return;
-    }
+    char what[160];
+    snprintf(what, sizeof what, "%s hc_post_site %s", mode, k.label);
+    ds4_tensor fnv;
+    if (!fn_view(k.w, hw, mw, &fnv, what)) return;
+    const ds4_tensor *fn = &fnv;
     std::vector<float> nw = rvec((size_t)d, 0.5f);
     for (auto &v : nw) v += 1.0f;
     // old post in (0, 2) as 2σ(.), old comb in (0, 1) as a Sinkhorn output
@@ -246,6 +269,70 @@ void hcps_case(ds4_backend *C, ds4_backend *G, const char *mode, const HcCase &k
     for (Pair *p : {&Hp, &y, &H, &sc, &base, &w, &post, &comb, &xn}) drop(*p);
 }
 
+// Determinism: the outputs of a 3000-token call (hc_post_site when ps, else hc_site) at
+// tokens [t, t + n) equal those of an n-token call on those tokens alone, bit for bit,
+// for (t, n) in {(0, 16), (7, 16), (1501, 16), (1900, 100), (2984, 16)}: a token's values
+// depend neither on n_tok nor on its position. GPU only (no reference value involved).
+void hc_det_case(ds4_backend *G, const char *mode, bool ps, const char *label, const char *wname, int h, int64_t d) {
+    const int nt = 3000, mw = (2 + h) * h, iters = 20;
+    const int64_t hw = (int64_t)h * d;
+    const double hc_eps = 1e-6, eps = 1e-6;
+    char name[160];
+    snprintf(name, sizeof name, "%s %s %s tok 3000: 16/100-token calls bit-identical", mode,
+             ps ? "hc_post_site" : "hc_site", label);
+    ds4_tensor fnv;
+    if (!fn_view(wname, hw, mw, &fnv, name)) return;
+    auto gput = [&](const std::vector<float> &v) {
+        float *p = (float *)G->alloc(G, v.size() * 4);
+        G->write(G, p, v.data(), v.size() * 4);
+        return p;
+    };
+    std::vector<float> nw = rvec((size_t)d, 0.5f), p0 = rvec((size_t)nt * h), c0 = rvec((size_t)nt * h * h, 0.5f);
+    for (auto &v : nw) v += 1.0f;
+    for (auto &v : p0) v += 1.0f;
+    for (auto &v : c0) v += 0.5f;
+    const float s0[3] = {1.5f, -1.0f, 4.0f};
+    const std::vector<float> hin = rvec((size_t)nt * hw), yin = rvec((size_t)nt * d);
+    float *sc = gput(std::vector<float>(s0, s0 + 3)), *base = gput(rvec((size_t)mw, 2.0f)), *w = gput(nw);
+    // the full call: H is the input (hc_site) or the output (hc_post_site, from Hp and y)
+    float *Hp = gput(hin), *y = gput(yin), *H = gput(ps ? nans((size_t)nt * hw) : hin);
+    float *post = gput(p0), *comb = gput(c0), *xn = gput(nans((size_t)nt * d));
+    if (ps) G->hc_post_site(G, y, Hp, H, &fnv, sc, base, nt, h, d, iters, hc_eps, eps, w, post, comb, xn);
+    else G->hc_site(G, &fnv, sc, base, H, nt, h, d, iters, hc_eps, eps, w, post, comb, xn);
+    bool ok = true;
+    const int sub[][2] = {{0, 16}, {7, 16}, {1501, 16}, {1900, 100}, {2984, 16}};
+    for (const auto &tn : sub) {
+        const int t = tn[0], n = tn[1];
+        float *p1 = gput(std::vector<float>(p0.begin() + (size_t)t * h, p0.begin() + (size_t)(t + n) * h));
+        float *c1 = gput(std::vector<float>(c0.begin() + (size_t)t * h * h, c0.begin() + (size_t)(t + n) * h * h));
+        float *x1 = gput(nans((size_t)n * d)), *H1 = ps ? gput(nans((size_t)n * hw)) : nullptr;
+        if (ps)
+            G->hc_post_site(G, y + (int64_t)t * d, Hp + (int64_t)t * hw, H1, &fnv, sc, base, n, h, d, iters, hc_eps,
+                            eps, w, p1, c1, x1);
+        else
+            G->hc_site(G, &fnv, sc, base, H + (int64_t)t * hw, n, h, d, iters, hc_eps, eps, w, p1, c1, x1);
+        ok = ok && (!ps || same_bits(G, H1, H + (int64_t)t * hw, (size_t)n * hw)) &&
+             same_bits(G, p1, post + (int64_t)t * h, (size_t)n * h) &&
+             same_bits(G, c1, comb + (int64_t)t * h * h, (size_t)n * h * h) &&
+             same_bits(G, x1, xn + (int64_t)t * d, (size_t)n * d);
+        for (float *p : {p1, c1, x1, H1})
+            if (p) G->release(G, p);
+    }
+    // outputs left NaN by both calls would compare equal: require numbers everywhere
+    auto finite = [&](const float *p, size_t n) {
+        std::vector<float> v(n);
+        G->read(G, v.data(), p, n * 4);
+        for (float x : v)
+            if (!isfinite(x)) return false;
+        return true;
+    };
+    ok = ok && finite(xn, (size_t)nt * d) && finite(post, (size_t)nt * h) && finite(comb, (size_t)nt * h * h) &&
+         (!ps || finite(H, (size_t)nt * hw));
+    printf("%s %-44s\n", ok ? "ok  " : "FAIL", name);
+    (ok ? g_pass : g_fail)++;
+    for (float *p : {sc, base, w, Hp, y, H, post, comb, xn}) G->release(G, p);
+}
+
 }  // namespace
 
 void ops_fused_hc(ds4_backend *C, ds4_backend *G, const char *mode) {
@@ -296,6 +383,12 @@ void ops_fused_hc(ds4_backend *C, ds4_backend *G, const char *mode) {
         {"tiny h2 d64 peaked tok 300", "hcfn_tiny", 2, 64, 300, {s1[0], s1[1], s1[2]}, 2.0f, 0, tf},
         {"tiny h2 d64 tok 2048", "hcfn_tiny", 2, 64, 2048, {s0[0], s0[1], s0[2]}, 0.5f, 0, tf},
         {"h2 d2048 f16 tok 300", "f16", 2, 2048, 300, {s0[0], s0[1], s0[2]}, 0.5f, 0, tf},
+        // h 1 .. 4 with a partial last slice (views of wider weights, see the header)
+        // and token counts off the 16 / 32-token tiles
+        {"h1 d4088 f16 view tok 47", "f16", 1, 4088, 47, {s0[0], s0[1], s0[2]}, 0.5f, 0, tf},
+        {"h2 d8188 f16 view tok 300", "hcfn", 2, 8188, 300, {s0[0], s0[1], s0[2]}, 0.5f, 0, tf},
+        {"h3 d5456 f16 view peaked tok 61", "hcfn", 3, 5456, 61, {s1[0], s1[1], s1[2]}, 2.0f, 0, tf},
+        {"h4 d4092 f16 view tok 33", "hcfn", 4, 4092, 33, {s0[0], s0[1], s0[2]}, 0.5f, 0, tf},
         // large chunk with unaligned H: hc_chunk refuses, the op sequence runs
         {"flash f16 H unaligned tok 16", "hcfn", 4, 4096, 16, {s0[0], s0[1], s0[2]}, 0.5f, 1, tf},
     };
@@ -331,7 +424,15 @@ void ops_fused_hc(ds4_backend *C, ds4_backend *G, const char *mode) {
         {"tiny h2 d64 peaked tok 300", "hcfn_tiny", 2, 64, 300, {s1[0], s1[1], s1[2]}, 2.0f, 0, tf},
         {"tiny h2 d64 tok 2048", "hcfn_tiny", 2, 64, 2048, {s0[0], s0[1], s0[2]}, 0.5f, 0, tf},
         {"h8 d512 f16 tok 300 (op sequence)", "f16", 8, 512, 300, {s1[0], s1[1], s1[2]}, 2.0f, 0, tf},
+        {"h1 d4088 f16 view tok 47", "f16", 1, 4088, 47, {s0[0], s0[1], s0[2]}, 0.5f, 0, tf},
+        {"h2 d8188 f16 view peaked tok 300", "hcfn", 2, 8188, 300, {s1[0], s1[1], s1[2]}, 2.0f, 0, tf},
+        {"h3 d5456 f16 view tok 61", "hcfn", 3, 5456, 61, {s0[0], s0[1], s0[2]}, 0.5f, 0, tf},
+        {"h4 d4092 f16 view tok 33", "hcfn", 4, 4092, 33, {s0[0], s0[1], s0[2]}, 0.5f, 0, tf},
     };
     for (const HcCase &k : pcases) hcps_case(C, G, mode, k);
+    for (bool ps : {false, true}) {
+        hc_det_case(G, mode, ps, "flash", "hcfn", 4, 4096);
+        hc_det_case(G, mode, ps, "h3 d5456 view", "hcfn", 3, 5456);
+    }
     hc_time(G, mode, 2048);
 }
