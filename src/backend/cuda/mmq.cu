@@ -1486,14 +1486,6 @@ __global__ void __launch_bounds__(kThreads, 1) mmq3_kernel(const __grid_constant
     const int tt = (int)(rem / rg), rt = (int)(grp * kRaster + rem % rg);
     const int row0 = rt * BM, nrow = min(BM, P.n - row0);
 
-    if constexpr (WT == W_IQ2) {  // decode tables: word e·32 + c holds entry e (copy c)
-        uint32_t *tab = (uint32_t *)sm;
-        for (int i = tid; i < 384 * 32; i += kThreads) {
-            const int e = i >> 5;
-            tab[i] = e < 256 ? P.codes[e] : P.ssp[e - 256];
-        }
-    }
-
     const uint8_t *wbase;
     int tok0, ntok;
     const int wr0 = WR * warp;  // this warp's first weight row
@@ -1551,7 +1543,7 @@ __global__ void __launch_bounds__(kThreads, 1) mmq3_kernel(const __grid_constant
         const int xi = t >= ntok ? 0 : P.x_idx ? P.x_idx[i] : i;
         s_xrow[t] = P.x + (uint64_t)(int64_t)xi * P.x_stride;
     }
-    __syncthreads();  // s_xrow, IQ2 tables, the zeroed pad
+    __syncthreads();  // s_xrow, the zeroed pad
     const int nxw = ntok - warp * XR;  // this warp's token rows that exist
     if (P.grouped) {
         stage_w(0);
@@ -1559,11 +1551,17 @@ __global__ void __launch_bounds__(kThreads, 1) mmq3_kernel(const __grid_constant
     }
     stage2<C::XSLOT, XR>(xraw, xrowp, nxw, 0, C::XSTEP, lane);
     cp_async_commit();
+    if constexpr (WT == W_IQ2) {
+        // decode tables (while the first steps land; blocks past the last tile never get
+        // here): word e·32 + c holds entry e (copy c); warp-uniform e, one store per lane
+        uint32_t *tab = (uint32_t *)sm;
+        for (int e = warp; e < 384; e += kThreads / 32) tab[e * 32 + lane] = e < 256 ? P.codes[e] : P.ssp[e - 256];
+    }
     // prologue: weight steps 0 and 1 and activation step 0 landed; step 0 into tile buffer 0
     cp_async_wait<0>();
     __syncwarp();
     decode3_x<WT, MT, NT>(sm + C::O_T0, xraw, s_xrow, 0, warp, lane);
-    __syncthreads();  // tile buffer 0 visible; the warp's raw activation slots are free
+    __syncthreads();  // tile buffer 0 and the IQ2_XXS tables visible; the raw activation slots are free
 
     const int g = lane >> 2;
     const uint32_t wlo = (uint32_t)(uintptr_t)wbase, rbl = (uint32_t)P.row_bytes;
