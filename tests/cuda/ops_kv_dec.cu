@@ -358,6 +358,7 @@ void ops_kv_decode(ds4_backend *C, ds4_backend *G, const char *mode) {
         {"hd 500", 5, 500, 62, 17, 20, 33, 40, 0, 2.f, 3, 0},
         {"hd 500 rot 60", 5, 500, 60, 17, 20, 33, 40, 1, 2.f, 3, 0},
         {"hd 68 rot 20", 6, 68, 20, 9, 12, 70, 90, 1, 2.f, 300, 0},
+        {"hd 576 (generic fallback)", 4, 576, 64, 5, 8, 21, 40, 1, 1.f, 9, 0},
     };
     for (const AttCase &k : att) att_case(C, G, k);
     const IdxCase idx[] = {

@@ -744,7 +744,8 @@ void ds4cu_attention_ex(ds4_backend *be, const float *q, int n_head, int64_t hd,
             be->read(be, hib.data(), ib, (size_t)nb * sizeof(int32_t));
             pib = hib.data();
         }
-        be->attention(be, q, n_head, hd, rows_a, ia, na, rows_b, pib, nb, sinks, scale, out);
+        // ds4cu::attention = be->attention with this call's n_rot (the layout's, for compact rows_b)
+        ds4cu::attention(be, q, n_head, hd, rows_a, ia, na, rows_b, pib, nb, sinks, scale, n_rot, out);
         be->rope(be, out, hd, n_head, hd, n_rot, pos, inv_freq, true);
         return;
     }
