@@ -1226,6 +1226,7 @@ __device__ __forceinline__ uint32_t lds16(uint32_t a) {
     asm volatile("ld.shared.u16 %0, [%1];" : "=r"(v) : "r"(a));
     return v;
 }
+__device__ __forceinline__ void sts32(uint32_t a, uint32_t v) { asm volatile("st.shared.u32 [%0], %1;" ::"r"(a), "r"(v)); }
 // The 32-bit word at 2-byte aligned shared address a (two aligned loads, a funnel shift).
 __device__ __forceinline__ uint32_t lds32u(uint32_t a) {
     const uint32_t al = a & ~3u;
@@ -1258,32 +1259,35 @@ struct Cfg3 {
 };
 
 // Decodes the warp's XR token rows of step s (raw slots xr; rows past ntok: zero slots, any
-// phase) into tile buffer tb: quants permuted (see above), d, and (Q2_K) the 16-sums.
+// phase) into tile buffer tb: quants permuted (see above), d, and (Q2_K) the 16-sums. One
+// token row at a time, lane L moves quant words L and L + 32: the loads read 32 consecutive
+// words and the stores hit 32 distinct banks (a unit-per-lane split, as v1/v2, puts 8 lanes
+// on one bank: the raw slot stride is a multiple of 16 bytes).
 template <int WT, int MT, int NT>
 __device__ __forceinline__ void decode3_x(uint8_t *tb, const uint8_t *xr, const uint8_t *const *xrow, int s, int warp,
                                           int lane) {
     using C = Cfg3<WT, MT, NT>;
     constexpr int XR = C::XR;
     const uint32_t soff = (uint32_t)s * C::XSTEP;
+    // word i = L % 8 of unit L / 8 goes to mma position p = i/2 (i even) or 4 + i/2 (i odd):
+    // chunk 2·(L / 8) + p / 4 of the row, word p % 4
+    const int i = lane & 7, p = (i >> 1) + 4 * (i & 1);
+    const uint32_t ch = 2 * (lane >> 3) + (p >> 2), wo = 4 * (p & 3);
+    const uint32_t xrs = smem_u32(xr), tq = smem_u32(tb) + C::T_XQ;
     float *dx = (float *)(tb + C::T_DX);
     uint32_t *xbs = (uint32_t *)(tb + C::T_XBS);
 #pragma unroll
-    for (int j = 0; j < XR * 8 / 32; j++) {
-        const int v = lane + 32 * j;
-        const int tl = (v >> 2) % XR, q = (v & 3) + 4 * (v / (4 * XR));
+    for (int tl = 0; tl < XR; tl++) {
         const int t = warp * XR + tl;
         // Q8_K: f32 d, 256 quants, 16 int16 sums; 4-byte aligned (host check)
-        const uint8_t *bp = xr + tl * C::XSLOT + (((uint32_t)(uintptr_t)xrow[t] + soff) & 15u);
-        const uint32_t *qw = (const uint32_t *)(bp + 4 + 32 * q);
-        uint32_t w[8];
-#pragma unroll
-        for (int i = 0; i < 4; i++) {
-            w[i] = qw[2 * i];          // mma k 4i..4i+3      <- elements 8i..8i+3
-            w[4 + i] = qw[2 * i + 1];  // mma k 16+4i..16+4i+3 <- elements 8i+4..8i+7
-        }
-        if constexpr (WT == W_Q2_K) xbs[t * 8 + q] = *(const uint32_t *)(bp + 260 + 4 * q);
-        if (q == 0) dx[perm_tok<NT>(t)] = *(const float *)bp;
-        st_row32(tb + C::T_XQ + t * 256, t, q, w);
+        const uint32_t bp = xrs + tl * C::XSLOT + (((uint32_t)(uintptr_t)xrow[t] + soff) & 15u);
+        const uint32_t v0 = lds32(bp + 4 + 4 * lane), v1 = lds32(bp + 132 + 4 * lane);
+        const uint32_t o = tq + t * 256 + ((ch ^ (uint32_t)(t & 7)) << 4) + wo;
+        sts32(o, v0);
+        sts32(o + 128, v1);  // units 4..7: chunk + 8 (the swizzle only touches the low 3 bits)
+        if constexpr (WT == W_Q2_K)
+            if (lane < 8) xbs[t * 8 + lane] = lds32(bp + 260 + 4 * lane);
+        if (lane == 0) dx[perm_tok<NT>(t)] = __uint_as_float(lds32(bp));
     }
 }
 
