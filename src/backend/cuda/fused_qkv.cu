@@ -19,8 +19,13 @@
 //
 // Block roles (blockIdx.x; blockIdx.y = token; all threads of a block take the same
 // role, so the __syncthreads inside a role are uniform):
-//   [0, n_head)             q row h: rmsnorm (unweighted) -> smem, RoPE on the way out
-//   n_head                  kv row: rmsnorm · kv_norm -> smem; prod: FP8 of [0, hd-n_rot)
+//   [0, n_qblk)             q rows [b·q_rows, b·q_rows + q_rows): rmsnorm (unweighted),
+//                           RoPE. q_rows = kQRows when every token's rmsnorm plan is the
+//                           float4 one with one float4 per thread and (hd − n_rot) % 4 == 0:
+//                           the rows' loads are issued together and each thread ropes its
+//                           own float4 in registers (q_rows_v4); else one row per block
+//                           through smem (rms_row). Same operations either way.
+//   n_qblk                  kv row: rmsnorm · kv_norm -> smem; prod: FP8 of [0, hd-n_rot)
 //                           one warp per 64-block, F16 of all; written to kv AND raw
 //   next n_ring blocks      ring stores: dst = src (first cw), dst = src + 1·ape (next cw)
 //   next iq_heads blocks    iq row: RoPE; prod: Hadamard butterfly in smem + FP4 per
@@ -45,6 +50,7 @@ constexpr int kMaxHalf = 128;          // rope pairs in the by-value table (as c
 constexpr int kElemsPerRingThread = 4; // ring-store floats per thread (loads issued first)
 constexpr size_t kMaxSmem = 48 * 1024; // dynamic smem without an opt-in attribute
 constexpr int kMaxTokPerLaunch = 8192; // grid.y and the staged table (8192 x 256 floats) bound
+constexpr int kQRows = 4;              // q rows per block on the float4 path (8 spills: the kernel is capped at 64 registers)
 
 // One launch: tokens t < gridDim.y at positions pos0 + t. qkv_rope is the case of one
 // token with every modulus 1 (its pointers already address the token's slots).
@@ -63,6 +69,7 @@ struct QkvArgs {
     int64_t pos0;
     int raw_cap, pcap[2], pR[2];
     int hd, ihd, n_rot, n_head, iq_heads, n_ring_blk;
+    int q_rows, n_qblk;           // q rows per block (1 or kQRows), q blocks per token
     int prod;
     float one;                    // the axpy factor, a runtime 1.0f as k_axpy's `a`
     double eps;
@@ -70,10 +77,60 @@ struct QkvArgs {
     float c[kMaxHalf], s[kMaxHalf]; // cos / sin of (float)pos * inv_freq[j] (host, as cu_rope)
 };
 
+// The q role's float4 path for nr <= kQRows consecutive rows of width n (16-byte aligned,
+// n / 4 <= th, off = n − n_rot a multiple of 4), as rms_row's v4 branch then the rope
+// store compute each row: thread tid < th owns float4 tid of every row (rms_row's only
+// k = 0 term), the same f64 squares and group_sum_d tree per row (warp butterfly, per-warp
+// sums in shq[r][w], lanes < th/32 of them butterflied again), the same scale, and
+// rope_el's operations on the pair (4·tid, 4·tid + 1) / (4·tid + 2, 4·tid + 3), which lie
+// in the thread's own float4 since off % 4 == 0. In place: each element is read and
+// written by its own thread only. Every thread of the block calls it.
+__device__ inline void q_rows_v4(float *rows, int nr, int n, int th, int off, const float *c, const float *s,
+                                 double eps, double *shq) {
+    const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5, nw = th >> 5;
+    const bool act = tid < th && tid < n / 4;
+    float4 v[kQRows];
+#pragma unroll
+    for (int r = 0; r < kQRows; r++) {      // every row's load first
+        v[r] = make_float4(0.f, 0.f, 0.f, 0.f);
+        if (act && r < nr) v[r] = ((const float4 *)(rows + (int64_t)r * n))[tid];
+    }
+#pragma unroll
+    for (int r = 0; r < kQRows; r++) {
+        double ss = 0;
+        if (act && r < nr) {
+            ss += (double)v[r].x * v[r].x;
+            ss += (double)v[r].y * v[r].y;
+            ss += (double)v[r].z * v[r].z;
+            ss += (double)v[r].w * v[r].w;
+        }
+        ss = ds4cu::warp_sum_d(ss);
+        if (lane == 0) shq[r * 32 + w] = ss;
+    }
+    __syncthreads();
+    const int e0 = 4 * tid, j0 = (e0 - off) >> 1;
+#pragma unroll
+    for (int r = 0; r < kQRows; r++) {
+        const double ss = ds4cu::warp_sum_d(lane < nw ? shq[r * 32 + lane] : 0.0);   // all lanes: shuffles
+        if (!act || r >= nr) continue;
+        const float scale = (float)(1.0 / sqrt(ss / (double)(int64_t)n + eps));
+        float4 o = ds4cu::rms_scale4(v[r], scale, false, v[r]);
+        if (e0 >= off) {
+            const float c0 = c[j0], s0 = s[j0], c1 = c[j0 + 1], s1 = s[j0 + 1];
+            o = make_float4(__fsub_rn(__fmul_rn(o.x, c0), __fmul_rn(o.y, s0)),
+                            __fadd_rn(__fmul_rn(o.x, s0), __fmul_rn(o.y, c0)),
+                            __fsub_rn(__fmul_rn(o.z, c1), __fmul_rn(o.w, s1)),
+                            __fadd_rn(__fmul_rn(o.z, s1), __fmul_rn(o.w, c1)));
+        }
+        ((float4 *)(rows + (int64_t)r * n))[tid] = o;
+    }
+}
+
 __global__ void __launch_bounds__(1024) k_qkv_rope(const __grid_constant__ QkvArgs A) {
     extern __shared__ float4 smem4[]; // [max(hd, ihd)] floats, 16-byte aligned
     float *sm = (float *)smem4;
     __shared__ double sh[32];
+    __shared__ double shq[kQRows * 32];
     const int T = blockDim.x, tid = threadIdx.x;
     const int t = blockIdx.y;
     const int64_t p = A.pos0 + t;
@@ -87,18 +144,26 @@ __global__ void __launch_bounds__(1024) k_qkv_rope(const __grid_constant__ QkvAr
     const float *c = A.tab ? A.tab + (int64_t)t * 2 * half : A.c;
     const float *s = A.tab ? c + half : A.s;
 
-    if (b < A.n_head) { // ---- q row: rmsnorm, rope
+    if (b < A.n_qblk) { // ---- q rows: rmsnorm, rope
         float *q = A.q + (int64_t)t * A.qs;
         int v4, th;
         rms_plan(q, nullptr, A.hd, &v4, &th); // cu_rmsnorm(q, hd, NULL, q, hd, hd, n_head)
-        float *row = q + (int64_t)b * A.hd;
-        rms_row(row, nullptr, A.hd, v4, th, A.eps, sm, sh);
-        __syncthreads();
+        const int r0 = b * A.q_rows, nr = A.n_head - r0 < A.q_rows ? A.n_head - r0 : A.q_rows;
         const int off = A.hd - A.n_rot;
-        for (int e = tid; e < A.hd; e += T) row[e] = e < off ? sm[e] : rope_el(sm, off, e, c, s);
+        if (v4 && A.hd / 4 <= th && off % 4 == 0) {   // token-uniform (the host's q_rows test)
+            q_rows_v4(q + (int64_t)r0 * A.hd, nr, A.hd, th, off, c, s, A.eps, shq);
+            return;
+        }
+        for (int r = 0; r < nr; r++) {
+            float *row = q + (int64_t)(r0 + r) * A.hd;
+            rms_row(row, nullptr, A.hd, v4, th, A.eps, sm, sh);
+            __syncthreads();
+            for (int e = tid; e < A.hd; e += T) row[e] = e < off ? sm[e] : rope_el(sm, off, e, c, s);
+            __syncthreads();                  // sm is the next row's
+        }
         return;
     }
-    b -= A.n_head;
+    b -= A.n_qblk;
     if (b == 0) { // ---- kv row: rmsnorm · w, rope, (fp8, f16), kv and raw
         float *kv = A.kv + (int64_t)t * A.kvs;
         int v4, th;
@@ -195,16 +260,20 @@ size_t qkv_smem(int64_t hd, int n_rot, bool prod, int iq_heads, int64_t ihd) {
 // ihd 128 = one element each).
 void qkv_launch(ds4_backend *be, QkvArgs &A, const float *kv_norm, int n_tok, size_t smem) {
     int T = 128;
+    bool qv4 = A.n_head > 0 && (A.hd - A.n_rot) % 4 == 0;   // q_rows_v4 for every token
     for (int t = 0; t < n_tok && t < 4; t++) {
         int v4, th;
         rms_plan(A.q + (int64_t)t * A.qs, NULL, A.hd, &v4, &th);
+        qv4 = qv4 && v4 && A.hd / 4 <= th;
         if (th > T) T = th;
         rms_plan(A.kv + (int64_t)t * A.kvs, kv_norm, A.hd, &v4, &th);
         if (th > T) T = th;
     }
     A.n_ring_blk = (int)((A.ring_tot + (int64_t)T * kElemsPerRingThread - 1) / ((int64_t)T * kElemsPerRingThread));
-    // Flash CSA decode: 64 q + 1 kv + 5 ring (2560 floats) + 64 iq = 134 blocks of 128 per token
-    const unsigned grid = (unsigned)(A.n_head + 1 + A.n_ring_blk + A.iq_heads);
+    A.q_rows = qv4 ? kQRows : 1;
+    A.n_qblk = (A.n_head + A.q_rows - 1) / A.q_rows;
+    // Flash CSA decode: 16 q (64 rows) + 1 kv + 5 ring (2560 floats) + 64 iq = 86 blocks of 128 per token
+    const unsigned grid = (unsigned)(A.n_qblk + 1 + A.n_ring_blk + A.iq_heads);
     DS4CU_CK(ds4cu::launch(k_qkv_rope, dim3(grid, (unsigned)n_tok), dim3((unsigned)T), smem, ds4cu::stream(be), A));
 }
 
