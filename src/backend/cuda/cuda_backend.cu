@@ -1885,8 +1885,7 @@ extern "C" int ds4_backend_cuda_create(ds4_backend **out, const ds4_model *m, ds
         // compact rows need compress_rows (forward.c's generic compressor sequence writes
         // f32 rows; the session refuses compact rows without it): DS4_CUDA_NO_FUSED=batch
         // or rows_n keeps f32 rows
-        // TODO(compact KV): on once attention_ex / indexer_scores read the layout too
-        im->kv_compact = false && numerics == DS4_NUM_PROD && !(kv && !strcmp(kv, "f32")) && be->compress_rows != NULL;
+        im->kv_compact = numerics == DS4_NUM_PROD && !(kv && !strcmp(kv, "f32")) && be->compress_rows != NULL;
         const char *pq = getenv("DS4_CUDA_PREQ");
         im->preq = pq && *pq == '1';
         const char *pf = getenv("DS4_CUDA_PROFILE");
