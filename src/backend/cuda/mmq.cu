@@ -1810,9 +1810,8 @@ int choose_bn3(int64_t per_prob) {
 int g_variant = -1;
 
 // 0 = per weight type (the default): measured on an H200 (bench/RESULTS.md, cuda-test-mmq
-// --bench), v2 wins for Q8_0 (+10-15 %) and for the grouped Q2_K down projection at BN 32
-// (1.73 vs 1.98 ms for 12288 rows), v1 for IQ2_XXS (1.96 vs 2.27 ms) and Q4_K. (v3 is not
-// in the default until measured.)
+// --bench, routed q2 layer of 12288 rows): v3 for IQ2_XXS (gate/up 1.54 vs v1 1.92 ms) and
+// Q2_K (down 1.40 vs v2 BN 32 1.71 ms), v2 for Q8_0 (+10-15 % over v1), v1 for Q4_K.
 int mmq_variant() {
     std::lock_guard<std::mutex> lk(g_mu);
     if (g_variant < 0) {
@@ -1872,7 +1871,7 @@ extern "C" int ds4_cuda_mmq(const ds4_cuda_qmat *w, const void *xq, uint64_t xq_
 
     int variant = mmq_variant();
     const bool per_type = variant == 0;
-    if (per_type) variant = wt == W_IQ2 || wt == W_Q4_K ? 1 : 2;
+    if (per_type) variant = wt == W_IQ2 || wt == W_Q2_K ? 3 : wt == W_Q4_K ? 1 : 2;
     if (variant == 3 && wt != W_IQ2 && wt != W_Q2_K) variant = 2;
     const int64_t n_rt64 = (w->n + kBM - 1) / kBM;
     const int bm = variant == 3 ? 128 * kMT3 : kBM;  // weight rows per block
@@ -1890,7 +1889,6 @@ extern "C" int ds4_cuda_mmq(const ds4_cuda_qmat *w, const void *xq, uint64_t xq_
         DS4_CUDA_TRY(cudaGetDevice(&dev));
         DS4_CUDA_TRY(cudaDeviceGetAttribute(&n_sm, cudaDevAttrMultiProcessorCount, dev));
         bn = choose_bn2(wt, per_prob, groups ? groups->n_prob : 1, n_rt64, n_sm);
-        if (per_type && wt == W_Q2_K && groups && !getenv("DS4_MMQ_BN")) bn = 32;
         fn = pick_kernel2(wt, bn, &smem);
     }
     Params P;
