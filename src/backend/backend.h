@@ -313,7 +313,9 @@ struct ds4_backend {
      * types stay float * for the f32 case; row w starts at byte w · kv_row_bytes), values
      * are those the f32 rows would hold, forward.c writes them only through compress_rows
      * (the session refuses a backend with compact rows and no compress_rows), and the
-     * session allocates, snapshots and fills them by bytes. Raw (window) rows stay f32. */
+     * session allocates, snapshots and fills them by bytes. Raw (window) rows stay f32.
+     * The session asks with the model's head_dim / n_rot (idx_head_dim for indexer rows),
+     * so ops without an n_rot argument (attention) decode attention rows with that n_rot. */
     size_t (*kv_row_bytes)(ds4_backend *be, int kind, int64_t hd, int n_rot);
 };
 
