@@ -398,6 +398,12 @@ void run_all(ds4_backend *C, ds4_backend *G, const char *mode) {
             // odd head count, stride padding of 1 float (q / kv rows alternate between the
             // float4 and the scalar rmsnorm per token), kv_norm unaligned, iq 2 x 64
             {"tiny-odd-stride", 3, 64, 16, 2, 64, 2, {128, 64}, 4095, 5, 16, 12, 4, 1, true},
+            // the iq role's warp-per-row path off Flash's tiling: 5 iq heads of 128 (4 rows per
+            // block: a last block with one live warp), pad 1 so token t's iq rows sit at
+            // 4-byte offsets t mod 4 (float4 loads on some tokens, scalar on the others);
+            // ihd 64 with pad 2 (float2 loads on even tokens only), 3 heads
+            {"flash-iq5-pad1", 3, 512, 64, 5, 128, 1, {256, 0}, 77, 9, 16, 16, 4, 1, false},
+            {"iq64-pad2", 2, 64, 16, 3, 64, 0, {0, 0}, 10, 6, 8, 8, 4, 2, false},
             // odd widths: hd 63 (scalar rmsnorm, partial FP8 block), ihd 48 (no Hadamard)
             {"odd-300", 3, 63, 16, 3, 48, 2, {63, 5}, 1001, 300, 320, 400, 3, 0, false},
             // no ring stores, no iq; 300 tokens with a raw cap of 64: five launches in

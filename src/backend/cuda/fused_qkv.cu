@@ -28,8 +28,10 @@
 //   n_qblk                  kv row: rmsnorm · kv_norm -> smem; prod: FP8 of [0, hd-n_rot)
 //                           one warp per 64-block, F16 of all; written to kv AND raw
 //   next n_ring blocks      ring stores: dst = src (first cw), dst = src + 1·ape (next cw)
-//   next iq_heads blocks    iq row: RoPE; prod: Hadamard butterfly in smem + FP4 per
-//                           32-block (one warp per block)
+//   next n_iqblk blocks     iq rows: RoPE; prod: Hadamard butterfly + FP4 per 32-block.
+//                           iq_rows = blockDim/32 rows per block, one warp per row in
+//                           registers (iq_row_warp), when !prod or ihd ∈ {64, 128, 256};
+//                           else one row per block, butterfly in smem. Same operations.
 // Shapes the kernel cannot hold (smem row > 48 KiB, n_rot > 256) run the op sequence
 // through the be-> pointers instead (same values by definition).
 #include <math.h>
@@ -70,6 +72,7 @@ struct QkvArgs {
     int raw_cap, pcap[2], pR[2];
     int hd, ihd, n_rot, n_head, iq_heads, n_ring_blk;
     int q_rows, n_qblk;           // q rows per block (1 or kQRows), q blocks per token
+    int iq_rows;                  // iq rows per block: blockDim / 32 (one warp each) or 1
     int prod;
     float one;                    // the axpy factor, a runtime 1.0f as k_axpy's `a`
     double eps;
@@ -125,6 +128,86 @@ __device__ inline void q_rows_v4(float *rows, int nr, int n, int th, int off, co
         ((float4 *)(rows + (int64_t)r * n))[tid] = o;
     }
 }
+
+// The iq role's warp-per-row path (iq_rows > 1): one warp owns one indexer-query row of
+// width n = 32·E and computes exactly what rope_pairs + rope_hadamard_fp4_row (prod) or
+// rope_pairs alone (!prod) compute for it, with no shared memory and no barrier. Lane l
+// holds elements [E·l, E·l + E) in registers (E even, so a RoPE pair (off + 2j, off + 2j +
+// 1) lies in one lane: n and n_rot are even). The Sylvester butterfly stage st pairs
+// element e with e ^ st: in the lane for st < E, lane l ^ (st / E) through a shuffle
+// otherwise; the lower element becomes a + b and the upper a − b (a the lower's value, b
+// the upper's) — the same f32 operation on the same operands as the smem butterfly, stage
+// by stage in the same order. Then v *= 1/sqrt(n) and FP4 per 32-block: a block is
+// 32 / E consecutive lanes, whose amax is an xor-shuffle fmaxf (max of non-negative
+// values: exact in any order, and a NaN is skipped as the sequential loop skips it).
+template <int E>
+__device__ inline void iq_row_warp(float *row, int n_rot, const float *c, const float *s) {
+    constexpr int n = 32 * E;
+    const int lane = threadIdx.x & 31, e0 = E * lane, off = n - n_rot;
+    float v[E];
+    const bool vec = ((uintptr_t)row % (4 * E)) == 0; // warp-uniform: the row's alignment
+    if (vec && E == 4) {
+        const float4 x = ((const float4 *)row)[lane];
+        v[0] = x.x, v[1] = x.y, v[2 % E] = x.z, v[3 % E] = x.w;
+    } else if (vec && E == 2) {
+        const float2 x = ((const float2 *)row)[lane];
+        v[0] = x.x, v[1 % E] = x.y;
+    } else {
+#pragma unroll
+        for (int k = 0; k < E; k++) v[k] = row[e0 + k];
+    }
+#pragma unroll
+    for (int k = 0; k < E; k += 2) { // RoPE (k_rope / rope_pairs' operations)
+        if (e0 + k >= off) {
+            const int j = (e0 + k - off) >> 1;
+            const float a = v[k], bb = v[k + 1], cj = c[j], sj = s[j];
+            v[k] = __fsub_rn(__fmul_rn(a, cj), __fmul_rn(bb, sj));
+            v[k + 1] = __fadd_rn(__fmul_rn(a, sj), __fmul_rn(bb, cj));
+        }
+    }
+#pragma unroll
+    for (int st = 1; st < E; st *= 2) { // butterfly stages inside the lane
+#pragma unroll
+        for (int k = 0; k < E; k++) {
+            if (k & st) continue;
+            const float a = v[k], bb = v[k + st];
+            v[k] = a + bb;
+            v[k + st] = a - bb;
+        }
+    }
+#pragma unroll
+    for (int lm = 1; lm < 32; lm *= 2) { // stages st = lm·E: partner lane l ^ lm
+        const bool upper = (lane & lm) != 0;
+#pragma unroll
+        for (int k = 0; k < E; k++) {
+            const float o = __shfl_xor_sync(0xffffffffu, v[k], lm);
+            v[k] = upper ? o - v[k] : v[k] + o;
+        }
+    }
+    const float norm = (float)(1.0 / sqrt((double)(int64_t)n));
+    float amax = 7.052966104933725e-38f;
+#pragma unroll
+    for (int k = 0; k < E; k++) {
+        v[k] *= norm;
+        amax = fmaxf(amax, fabsf(v[k]));
+    }
+#pragma unroll
+    for (int lm = 1; lm < 32 / E; lm *= 2) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, lm));
+    const float sc = ds4cu::d_pow2_ceil(amax / 6.0f);
+#pragma unroll
+    for (int k = 0; k < E; k++) v[k] = ds4cu::d_fp4_round(fminf(fmaxf(v[k] / sc, -6.0f), 6.0f)) * sc;
+    if (vec && E == 4) {
+        ((float4 *)row)[lane] = make_float4(v[0], v[1], v[2 % E], v[3 % E]);
+    } else if (vec && E == 2) {
+        ((float2 *)row)[lane] = make_float2(v[0], v[1 % E]);
+    } else {
+#pragma unroll
+        for (int k = 0; k < E; k++) row[e0 + k] = v[k];
+    }
+}
+
+// The iq widths the warp path holds in prod (a power of two, E = n / 32 even and small).
+__host__ __device__ inline bool iq_warp_width(int n) { return n == 64 || n == 128 || n == 256; }
 
 __global__ void __launch_bounds__(1024) k_qkv_rope(const __grid_constant__ QkvArgs A) {
     extern __shared__ float4 smem4[]; // [max(hd, ihd)] floats, 16-byte aligned
@@ -207,7 +290,26 @@ __global__ void __launch_bounds__(1024) k_qkv_rope(const __grid_constant__ QkvAr
         return;
     }
     b -= A.n_ring_blk;
-    if (b < A.iq_heads) { // ---- iq row: rope, (hadamard + fp4)
+    if (A.iq_rows > 1) { // ---- iq rows, one warp each (no barrier: warps may leave)
+        const int r = b * A.iq_rows + (tid >> 5);
+        if (r >= A.iq_heads) return;
+        float *row = A.iq + (int64_t)t * A.iqs + (int64_t)r * A.ihd;
+        if (!A.prod) { // k_rope alone: rope_pairs with the warp's 32 lanes
+            float *p0 = row + (A.ihd - A.n_rot);
+            for (int j = tid & 31; j < half; j += 32) {
+                float *pp = p0 + 2 * j;
+                const float a = pp[0], bb = pp[1], cj = c[j], sj = s[j];
+                pp[0] = __fsub_rn(__fmul_rn(a, cj), __fmul_rn(bb, sj));
+                pp[1] = __fadd_rn(__fmul_rn(a, sj), __fmul_rn(bb, cj));
+            }
+            return;
+        }
+        if (A.ihd == 64) iq_row_warp<2>(row, A.n_rot, c, s);
+        else if (A.ihd == 128) iq_row_warp<4>(row, A.n_rot, c, s);
+        else iq_row_warp<8>(row, A.n_rot, c, s);
+        return;
+    }
+    if (b < A.iq_heads) { // ---- iq row: rope, (hadamard + fp4), one row per block
         float *row = A.iq + (int64_t)t * A.iqs + (int64_t)b * A.ihd;
         const int n = A.ihd;
         if (!A.prod) { // k_rope alone
@@ -272,8 +374,10 @@ void qkv_launch(ds4_backend *be, QkvArgs &A, const float *kv_norm, int n_tok, si
     A.n_ring_blk = (int)((A.ring_tot + (int64_t)T * kElemsPerRingThread - 1) / ((int64_t)T * kElemsPerRingThread));
     A.q_rows = qv4 ? kQRows : 1;
     A.n_qblk = (A.n_head + A.q_rows - 1) / A.q_rows;
-    // Flash CSA decode: 16 q (64 rows) + 1 kv + 5 ring (2560 floats) + 64 iq = 86 blocks of 128 per token
-    const unsigned grid = (unsigned)(A.n_qblk + 1 + A.n_ring_blk + A.iq_heads);
+    A.iq_rows = !A.prod || iq_warp_width(A.ihd) ? T / 32 : 1;
+    const int n_iqblk = (A.iq_heads + A.iq_rows - 1) / A.iq_rows;
+    // Flash CSA: 16 q (64 rows) + 1 kv + 5 ring (2560 floats) + 16 iq (64 rows) = 38 blocks of 128 per token
+    const unsigned grid = (unsigned)(A.n_qblk + 1 + A.n_ring_blk + n_iqblk);
     DS4CU_CK(ds4cu::launch(k_qkv_rope, dim3(grid, (unsigned)n_tok), dim3((unsigned)T), smem, ds4cu::stream(be), A));
 }
 
