@@ -69,6 +69,7 @@ constexpr int kFnBatch = 8;              // p1: fn loads in flight per thread wh
 constexpr int kXWarps = 8;               // ep: warps forming x / xn (named barrier 1)
 constexpr int kXThreads = kXWarps * 32;
 constexpr int kEpThreads = kXThreads + 32;   // + the Sinkhorn warp (the last one)
+constexpr int kEpBatch = 16;             // ep: partial slices loaded per batch by the Sinkhorn warp
 
 struct P1Args {
     const uint8_t *fn;      // device [>= mw rows][h·d] F16, row stride fn_rb bytes (8-aligned)
@@ -309,13 +310,32 @@ __global__ void __launch_bounds__(kEpThreads) k_hcc_ep(EpArgs a) {
     if (w == kXWarps) {
         // the Sinkhorn warp: dots and the sum of squares, slices in ascending order
         const int NS = a.NS;
+        // lanes < MW: dot `lane`, lane 31: the squares (MW <= 24). The loads of kEpBatch
+        // slices are issued together before their in-order adds (the former loops were
+        // 2 x NS dependent L2 round trips, one path after the other: ~4 us per block at
+        // NS 32, most of the block's life); the sums keep their order and start values.
         const float *pp = a.part + (int64_t)t * NS * MW;
+        const double *sq = a.ssp + (int64_t)t * NS;
+        const bool dl = lane < MW, sl = lane == 31;
         float dot = 0.0f;
-        if (lane < MW)
-            for (int s = 0; s < NS; s++) dot = __fadd_rn(dot, pp[(int64_t)s * MW + lane]);
         double ssf = 0;
-        if (lane == 31)
-            for (int s = 0; s < NS; s++) ssf += a.ssp[(int64_t)t * NS + s];
+        for (int s0 = 0; s0 < NS; s0 += kEpBatch) {
+            float pv[kEpBatch];
+            double sv[kEpBatch];
+#pragma unroll
+            for (int i = 0; i < kEpBatch; i++) {
+                const int s = s0 + i;
+                pv[i] = dl && s < NS ? pp[(int64_t)s * MW + lane] : 0.0f;
+                sv[i] = sl && s < NS ? sq[s] : 0.0;
+            }
+#pragma unroll
+            for (int i = 0; i < kEpBatch; i++) {
+                if (s0 + i < NS) {
+                    dot = __fadd_rn(dot, pv[i]);
+                    ssf += sv[i];
+                }
+            }
+        }
         ssf = __shfl_sync(0xffffffffu, ssf, 31);
         if (lane < MW) s_dot[lane] = dot;
         __syncwarp();
