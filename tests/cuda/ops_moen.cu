@@ -473,6 +473,10 @@ void ops_batch_moe(ds4_backend *C, ds4_backend *G, const char *mode) {
     for (int nt : {15, 16, 64, 300}) matmul_case(C, B, mode, "dq8", 0, 3, 190, nt, 8);
     matmul_case(C, B, mode, "dq8", 0, 0, 200, 64, 0);
     matmul_case(C, B, mode, "dq4k", 0, 1, 71, 64, 0);
+    // x rows at 4-byte offsets that change per token (stride k + 3 / k + 1): the strided
+    // quantizer's scalar loads next to its float4 ones, Q8_0 and Q8_K
+    matmul_case(C, B, mode, "dq8", 0, 3, 190, 64, 3);
+    matmul_case(C, B, mode, "dq4k", 0, 1, 71, 64, 1);
     for (int nt : {16, 64, 300}) {
         matmul_case(C, B, mode, "s_gate", 5, 7, 200, nt, 4);
         matmul_case(C, B, mode, "s_down", 11, 0, 512, nt, 0);

@@ -84,29 +84,59 @@ __device__ __forceinline__ void pf_store_q8_k(uint8_t *blk, const float v[8], in
 __host__ __device__ inline int64_t pf_steps(bool qk, int64_t k) { return qk ? k / 256 : (k / 32 + 3) / 4; }
 
 // Row r = a·n_inner + b of the strided / grouped input (x + a·sa + b·sb) -> xq + r·xs_q.
+// Grid (n_rows, ceil(steps / (warps · SPW))): block x is the row (no 64-bit division per
+// warp: the former flat warp index cost four of them, more issue slots than the work),
+// each warp quantizes SPW consecutive steps (Q8_0: 4 x 4 blocks, Q8_K: 2 blocks) of it,
+// every load of them issued before the first shuffle: 16 floats per lane in flight, as
+// float4 when the row is 16-byte aligned. The blocks' values do not depend on the
+// mapping (each is quantized from its own 32 / 256 values by act_quant.cuh).
+constexpr int kQrThreads = 256;
+template <bool QK> __host__ __device__ constexpr int qr_spw() { return QK ? 2 : 4; }
+
 template <bool QK>
-__global__ void k_pf_quant_rows(const float *x, int64_t sa, int64_t sb, int n_inner, int64_t k, int n_rows, uint8_t *xq,
-                                uint64_t xs_q) {
+__global__ void __launch_bounds__(kQrThreads) k_pf_quant_rows(const float *x, int64_t sa, int64_t sb, int n_inner,
+                                                              int64_t k, uint8_t *xq, uint64_t xs_q) {
     pf_enter();
-    const int lane = threadIdx.x & 31;
+    constexpr int SPW = qr_spw<QK>(), EPL = QK ? 8 : 4;   // steps per warp, floats per lane and step
+    const int lane = threadIdx.x & 31, r = blockIdx.x;
     const int64_t steps = pf_steps(QK, k);
-    const int64_t wid = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
-    if (wid >= (int64_t)n_rows * steps) return;  // whole warps
-    const int64_t r = wid / steps, s = wid % steps;
-    const float *src = x + (r / n_inner) * sa + (r % n_inner) * sb;
+    const int64_t s0 = ((int64_t)blockIdx.y * (blockDim.x >> 5) + (threadIdx.x >> 5)) * SPW;
+    if (s0 >= steps) return;  // whole warps
+    const float *src = x + (int64_t)(r / n_inner) * sa + (int64_t)(r % n_inner) * sb;
     uint8_t *dst = xq + (uint64_t)r * xs_q;
-    if constexpr (QK) {
-        float v[8];
+    const bool a16 = ((uintptr_t)src & 15) == 0;  // warp-uniform
+    float v[SPW][EPL];
 #pragma unroll
-        for (int j = 0; j < 8; j++) v[j] = src[256 * s + 8 * lane + j];
-        pf_store_q8_k(dst + (uint64_t)s * 292, v, lane);
-    } else {
-        const int64_t b = s * 4 + (lane >> 3);
-        const bool ok = b < k / 32;
-        float v[4];
+    for (int i = 0; i < SPW; i++) {
+        const int64_t s = s0 + i;
+        // Q8_0: block b = 4·s + lane / 8, elements 32·b + 4·(lane % 8) ..; Q8_K: 256·s + 8·lane ..
+        const int64_t e = QK ? 256 * s + 8 * lane : 32 * (s * 4 + (lane >> 3)) + 4 * (lane & 7);
+        const bool ok = QK ? s < steps : s < steps && s * 4 + (lane >> 3) < k / 32;
 #pragma unroll
-        for (int j = 0; j < 4; j++) v[j] = ok ? src[32 * b + 4 * (lane & 7) + j] : 0.0f;
-        pf_store_q8_0(dst + (uint64_t)b * 34, ok, v, lane);
+        for (int j = 0; j < EPL; j++) v[i][j] = 0.0f;
+        if (ok) {
+            if (a16) {
+#pragma unroll
+                for (int j = 0; j < EPL; j += 4) {
+                    const float4 f = *(const float4 *)(src + e + j);
+                    v[i][j] = f.x, v[i][j + 1] = f.y, v[i][j + 2] = f.z, v[i][j + 3] = f.w;
+                }
+            } else {
+#pragma unroll
+                for (int j = 0; j < EPL; j++) v[i][j] = src[e + j];
+            }
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < SPW; i++) {
+        const int64_t s = s0 + i;
+        if (s >= steps) break;  // warp-uniform
+        if constexpr (QK) {
+            pf_store_q8_k(dst + (uint64_t)s * 292, v[i], lane);
+        } else {
+            const int64_t b = s * 4 + (lane >> 3);
+            pf_store_q8_0(dst + (uint64_t)b * 34, b < k / 32, v[i], lane);
+        }
     }
 }
 
@@ -337,15 +367,17 @@ void ds4cu_quantize_rows(ds4_backend *be, uint32_t act_type, const float *x, int
         pf_fail(ds4_cuda_quantize_act(act_type, x, xq, k, n_rows, ds4cu::stream(be), err, sizeof err), err);
         return;
     }
-    const int threads = 256;
     const bool qk = act_type == DS4_TYPE_Q8_K;
-    const unsigned nb = pf_blocks((int64_t)n_rows * pf_steps(qk, k), threads);
+    const int64_t per_blk = (int64_t)(kQrThreads / 32) * (qk ? qr_spw<true>() : qr_spw<false>());  // steps per block
+    const int64_t gy = (pf_steps(qk, k) + per_blk - 1) / per_blk;
+    DS4_ASSERT(gy >= 1 && gy <= 65535);
+    const dim3 grid((unsigned)n_rows, (unsigned)gy);
     if (qk)
-        DS4CU_CK(ds4cu::launch(k_pf_quant_rows<true>, dim3(nb), dim3(threads), 0, ds4cu::stream(be), x, sa, sb, n_inner, k, n_rows,
+        DS4CU_CK(ds4cu::launch(k_pf_quant_rows<true>, grid, dim3(kQrThreads), 0, ds4cu::stream(be), x, sa, sb, n_inner, k,
                                (uint8_t *)xq, xq_stride));
     else
-        DS4CU_CK(ds4cu::launch(k_pf_quant_rows<false>, dim3(nb), dim3(threads), 0, ds4cu::stream(be), x, sa, sb, n_inner, k,
-                               n_rows, (uint8_t *)xq, xq_stride));
+        DS4CU_CK(ds4cu::launch(k_pf_quant_rows<false>, grid, dim3(kQrThreads), 0, ds4cu::stream(be), x, sa, sb, n_inner, k,
+                               (uint8_t *)xq, xq_stride));
 }
 
 int ds4cu_mmq_rows(ds4_backend *be, const ds4_cuda_qmat *w, const float *x, int64_t gs, int64_t xs, float *y, int64_t ys,
