@@ -233,13 +233,14 @@ static XQ quantize_cpu(uint32_t wtype, const float *x, int64_t k) {
 
 // ---- tests -------------------------------------------------------------------------------------
 
-static void test_quantizer(uint32_t at, int64_t k, int64_t nvec) {
+// xoff: x starts xoff floats into its allocation (1: rows at 4-byte, not 16-byte, addresses)
+static void test_quantizer(uint32_t at, int64_t k, int64_t nvec, int xoff = 0) {
     std::vector<float> x((size_t)(k * nvec));
     for (int64_t v = 0; v < nvec; v++) fill_x(x.data() + v * k, k);
     const uint64_t vb = row_bytes(at, k);
     std::vector<uint8_t> ref(vb * nvec), got(vb * nvec);
     for (int64_t v = 0; v < nvec; v++) ds4_quantize_act_row(at, x.data() + v * k, ref.data() + v * vb, k);
-    float *dx = dalloc<float>(x.size() * 4);
+    float *dx0 = dalloc<float>((x.size() + xoff) * 4), *dx = dx0 + xoff;
     uint8_t *dq = dalloc<uint8_t>(got.size());
     CUDA_CHECK(cudaMemcpy(dx, x.data(), x.size() * 4, cudaMemcpyHostToDevice));
     CUDA_CHECK(cudaMemset(dq, 0xA5, got.size()));
@@ -249,9 +250,9 @@ static void test_quantizer(uint32_t at, int64_t k, int64_t nvec) {
     CUDA_CHECK(cudaMemcpy(got.data(), dq, got.size(), cudaMemcpyDeviceToHost));
     size_t diff = 0;
     for (size_t i = 0; i < got.size(); i++) diff += got[i] != ref[i];
-    report(rc == 0 && diff == 0, "quantize_act %-5s k=%-6lld nvec=%lld: %zu differing bytes of %zu %s", ds4_type_name(at), (long long)k,
-           (long long)nvec, diff, got.size(), err);
-    cudaFree(dx);
+    report(rc == 0 && diff == 0, "quantize_act %-5s k=%-6lld nvec=%lld xoff=%d: %zu differing bytes of %zu %s",
+           ds4_type_name(at), (long long)k, (long long)nvec, xoff, diff, got.size(), err);
+    cudaFree(dx0);
     cudaFree(dq);
 }
 
@@ -733,6 +734,11 @@ int main(int argc, char **argv) {
 
     test_quantizer(DS4_TYPE_Q8_0, 4096, 3);
     test_quantizer(DS4_TYPE_Q8_0, 96, 5);
+    // Q8_0 grid tiling: 37 blocks (10 steps: a warp with 2 of its 4, a partial step),
+    // 12288 (384 steps: 12 blocks per vector), and rows at 4-byte addresses (scalar loads)
+    test_quantizer(DS4_TYPE_Q8_0, 32 * 37, 3);
+    test_quantizer(DS4_TYPE_Q8_0, 12288, 2);
+    test_quantizer(DS4_TYPE_Q8_0, 32 * 37, 3, 1);
     test_quantizer(DS4_TYPE_Q8_K, 4096, 3);
     test_quantizer(DS4_TYPE_Q8_K, 2048, 6);
     test_bad_args();

@@ -847,27 +847,46 @@ __global__ void quantize_q8_k_kernel(const float *x, uint8_t *xq, int64_t k, int
     if (lane == 0) *(float *)blk = r.d;
 }
 
-__global__ void quantize_q8_0_kernel(const float *x, uint8_t *xq, int64_t k, int64_t nvec) {
+// Grid (nvec, ceil(steps / 32)), 256 threads: block x is the vector (no 64-bit division
+// per warp), each warp quantizes 4 steps of 4 blocks with all 16 loads per lane issued
+// first (float4 when the row is 16-byte aligned). Each block's values are act_quant.cuh's
+// on its own 32 floats, as before.
+constexpr int kQ8StepsPerWarp = 4;
+__global__ void __launch_bounds__(256) quantize_q8_0_kernel(const float *x, uint8_t *xq, int64_t k) {
     pdl_wait();
     pdl_trigger();
     const int lane = threadIdx.x & 31;
-    const int64_t nb = k / 32, steps = (nb + 3) / 4;
-    const int64_t ws = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
-    if (ws >= nvec * steps) return;
-    const int64_t v = ws / steps, b = (ws % steps) * 4 + (lane >> 3);
-    const bool ok = b < nb;
-    const float *src = x + v * k + 32 * b + 4 * (lane & 7);
-    float vals[4];
+    const int64_t nb = k / 32, steps = (nb + 3) / 4, v = blockIdx.x;
+    const int64_t s0 = ((int64_t)blockIdx.y * (blockDim.x >> 5) + (threadIdx.x >> 5)) * kQ8StepsPerWarp;
+    if (s0 >= steps) return;  // whole warps
+    const float *row = x + v * k;
+    const bool a16 = ((uintptr_t)row & 15) == 0;  // warp-uniform
+    float vals[kQ8StepsPerWarp][4];
 #pragma unroll
-    for (int i = 0; i < 4; i++) vals[i] = ok ? src[i] : 0.0f;
-    float d;
-    const uint32_t q = q8_0_quant_lane(vals, &d);
-    if (!ok) return;
-    uint8_t *blk = xq + (uint64_t)(v * nb + b) * 34;
-    uint16_t *qh = (uint16_t *)(blk + 2 + 4 * (lane & 7));  // 2-byte aligned
-    qh[0] = (uint16_t)q;
-    qh[1] = (uint16_t)(q >> 16);
-    if ((lane & 7) == 0) *(uint16_t *)blk = __half_as_ushort(__float2half_rn(d));
+    for (int i = 0; i < kQ8StepsPerWarp; i++) {
+        const int64_t b = (s0 + i) * 4 + (lane >> 3);
+        const float *src = row + 32 * b + 4 * (lane & 7);
+        if (b < nb && a16) {
+            const float4 f = *(const float4 *)src;
+            vals[i][0] = f.x, vals[i][1] = f.y, vals[i][2] = f.z, vals[i][3] = f.w;
+        } else {
+#pragma unroll
+            for (int e = 0; e < 4; e++) vals[i][e] = b < nb ? src[e] : 0.0f;
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < kQ8StepsPerWarp; i++) {
+        if (s0 + i >= steps) break;  // warp-uniform
+        const int64_t b = (s0 + i) * 4 + (lane >> 3);
+        float d;
+        const uint32_t q = q8_0_quant_lane(vals[i], &d);
+        if (b >= nb) continue;
+        uint8_t *blk = xq + (uint64_t)(v * nb + b) * 34;
+        uint16_t *qh = (uint16_t *)(blk + 2 + 4 * (lane & 7));  // 2-byte aligned
+        qh[0] = (uint16_t)q;
+        qh[1] = (uint16_t)(q >> 16);
+        if ((lane & 7) == 0) *(uint16_t *)blk = __half_as_ushort(__float2half_rn(d));
+    }
 }
 
 // ---- host side -----------------------------------------------------------------------------
@@ -1353,9 +1372,13 @@ extern "C" int ds4_cuda_quantize_act(uint32_t act_type, const float *x, void *xq
     if (act_type == DS4_TYPE_Q8_K)
         DS4_CUDA_TRY(ds4cu::launch(quantize_q8_k_kernel, dim3((unsigned)blocks), dim3(threads), 0, stream, x, (uint8_t *)xq, k,
                                    warps));
-    else
-        DS4_CUDA_TRY(ds4cu::launch(quantize_q8_0_kernel, dim3((unsigned)blocks), dim3(threads), 0, stream, x, (uint8_t *)xq, k,
-                                   nvec));
+    else {
+        const int64_t gy = ((k / 32 + 3) / 4 + 8 * kQ8StepsPerWarp - 1) / (8 * kQ8StepsPerWarp);  // 8 warps per block
+        if (nvec > INT32_MAX || gy > 65535)
+            return ds4_err(err, errlen, DS4_ERR_UNSUPPORTED, "quantize_act: shape too large for the Q8_0 grid");
+        DS4_CUDA_TRY(ds4cu::launch(quantize_q8_0_kernel, dim3((unsigned)nvec, (unsigned)gy), dim3(threads), 0, stream, x,
+                                   (uint8_t *)xq, k));
+    }
     return 0;
 }
 
