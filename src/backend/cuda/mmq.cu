@@ -7,8 +7,8 @@
 //
 // Three kernels with identical per-output numerics (bit-identical results): v2 and v3 (see
 // their sections below) and the original v1 described here. By default each weight type
-// takes the faster one as measured (mmq_variant); DS4_MMQ_V=1|2|3 forces one (all four
-// types have all three; read once; tests switch with the hook
+// takes the faster one as measured (mmq_variant); DS4_MMQ_V=1|2|3 forces one (v3 covers
+// IQ2_XXS, Q2_K and Q8_0; Q4_K then runs its default; read once; tests switch with the hook
 // ds4_cuda_mmq_set_variant, which is not part of cuda_mmq.h).
 //
 // v1 design (one block = 128 weight rows x BN activation rows, BN = 16·NT in {16, 32, 64}):
@@ -2000,15 +2000,16 @@ int choose_bn3(int wt, int64_t per_prob, int64_t n_prob, int64_t n_rt3, int n_sm
     return 32;
 }
 
-// Kernel variant: 0 = per weight type (default), or 1 / 2 / 3 for all (DS4_MMQ_V=1|2|3; a type
-// without a v3 kernel would run its per-type default), read once; tests switch it with
-// ds4_cuda_mmq_set_variant (declared by tests/cuda/test_mmq.cu only, not part of the API).
+// Kernel variant: 0 = per weight type (default), or 1 / 2 / 3 for all (DS4_MMQ_V=1|2|3; v3
+// exists for IQ2_XXS, Q2_K and Q8_0, Q4_K then runs its per-type default), read once; tests
+// switch it with ds4_cuda_mmq_set_variant (declared by tests/cuda/test_mmq.cu only, not part
+// of the API).
 int g_variant = -1;
 
 // 0 = per weight type (the default): measured on an H200 (bench/RESULTS.md, cuda-test-mmq
 // --bench, routed q2 layer of 12288 rows): v3 for IQ2_XXS (gate/up 1.54 vs v1 1.92 ms) and
 // Q2_K (down 1.40 vs v2 BN 32 1.71 ms), v2 for Q8_0 (+10-15 % over v1; v3 Q8_0 is new and
-// not measured yet: DS4_MMQ_V=3 selects it), v1 for Q4_K (v3 Q4_K, BN 32 only: not measured).
+// not measured yet: DS4_MMQ_V=3 selects it), v1 for Q4_K.
 int mmq_variant() {
     std::lock_guard<std::mutex> lk(g_mu);
     if (g_variant < 0) {
