@@ -40,9 +40,9 @@ extern "C" {
 static int g_pass, g_fail;
 
 // Kernel-variant switch of mmq.cu (a test hook, not part of cuda_mmq.h): 0 = per weight type
-// (the default), 1 = the original kernel, 2 = v2, 3 = v3 (every type: IQ2_XXS, Q2_K, Q8_0,
-// Q4_K); DS4_MMQ_V picks the process default; returns the variant in effect. Each must pass
-// every case, and they must agree bit for bit (test_variants).
+// (the default), 1 = the original kernel, 2 = v2, 3 = v3 (IQ2_XXS, Q2_K and Q8_0; Q4_K runs
+// its default); DS4_MMQ_V picks the process default; returns the variant in effect. Each must
+// pass every case, and they must agree bit for bit (test_variants).
 extern "C" int ds4_cuda_mmq_set_variant(int v);
 
 static void report(bool ok, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -1103,8 +1103,8 @@ static void bench() {
     }
     // routed experts (Flash: 256 experts, top-6): chunks of TR = 2048 and 4096 tokens, PR = 6·TR
     // packed rows over 256 experts (skewed), gate/up gather tokens. q2 file: IQ2_XXS gate/up +
-    // Q2_K down; q4 file: Q4_K for all three; variants 1, 2, 3 (v3 Q4_K: BN 32 only). Each at
-    // the automatic tile size and forced BN = 32 (DS4_MMQ_BN).
+    // Q2_K down (variants 1, 2, 3); q4 file: Q4_K for all three (variants 1, 2; v3 has no
+    // Q4_K). Each at the automatic tile size and forced BN = 32 (DS4_MMQ_BN).
     const uint32_t gate_t[2] = {DS4_TYPE_IQ2_XXS, DS4_TYPE_Q4_K}, down_t[2] = {DS4_TYPE_Q2_K, DS4_TYPE_Q4_K};
     for (int f = 0; f < 2; f++) {
         BenchW G = bench_weights(gate_t[f], 2048, 4096, NE), Dn = bench_weights(down_t[f], 4096, 2048, NE);
@@ -1123,7 +1123,7 @@ static void bench() {
             up(di, 0, idx.data(), idx.size() * 4);
             const int32_t *doff = (int32_t *)di.p, *dmat = doff + NE + 1, *dx = doff + 2 * NE + 1;
             ds4_cuda_mmq_groups gg = {doff, dmat, dx, NE, PR}, gd = {doff, dmat, nullptr, NE, PR};
-            const int nvar = 3;
+            const int nvar = f ? 2 : 3;
             for (int vb = 0; vb < 2 * nvar; vb++) {  // kernel variant x automatic tile / BN 32
                 const int v = 1 + vb / 2, bn = vb % 2 ? 32 : 0;
                 ds4_cuda_mmq_set_variant(v);

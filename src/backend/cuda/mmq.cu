@@ -1178,7 +1178,7 @@ __global__ void __launch_bounds__(kThreads, 1) mmq2_kernel(const __grid_constant
 }
 
 // ============================================================================================
-// v3 (default for IQ2_XXS and Q2_K, the routed experts; DS4_MMQ_V=3 also for Q8_0 and Q4_K). Same numerics
+// v3 (default for IQ2_XXS and Q2_K, the routed experts; DS4_MMQ_V=3 also for Q8_0). Same numerics
 // and per-output operation sequence as v1/v2 (identical bits). v1/v2 are bound by shared-
 // memory traffic: per k-step every block writes the decoded int8 weight tile (32 KB per 128
 // rows) and every warp re-reads its A fragments with ldmatrix. v3 never materialises decoded
@@ -1214,9 +1214,6 @@ __global__ void __launch_bounds__(kThreads, 1) mmq2_kernel(const __grid_constant
 //    fragment feeds 16 mmas, 4 LDS.128 of token scales per 16 mmas), 64 or 32 (choose_bn3).
 //    A partial last step (k % 128 != 0) has its stale block bytes zeroed after they land, so
 //    they decode to A = 0, d = 0 as in v1/v2. Shared memory: BN 128 176 KB, 64 148 KB, 32 134 KB.
-//  * Q4_K (q4 routed experts; first cut, BN 32 only: BN 64 spills): per sub-block, lane tig's
-//    8 nibbles from qs[32(kk/2) + 8tig ..] (three words, two shifts), the 6-bit scale from
-//    the 12 scale bytes (isum += sc·C as v1/v2); mins for the Q8_K 16-sums' mma in registers.
 // ============================================================================================
 
 constexpr int kMT3 = 2;  // m16 tiles per warp (block rows 128·kMT3)
@@ -1254,8 +1251,7 @@ __device__ __forceinline__ uint32_t lds32u(uint32_t a) {
 
 template <int WT, int MT, int NT>
 struct Cfg3 {
-    static_assert(WT == W_IQ2 || WT == W_Q2_K || WT == W_Q8_0 || WT == W_Q4_K, "v3 kernels: IQ2_XXS, Q2_K, Q8_0, Q4_K");
-    static constexpr bool HAS_MIN = WT == W_Q2_K || WT == W_Q4_K;  // Q8_K 16-sums for the min term
+    static_assert(WT == W_IQ2 || WT == W_Q2_K || WT == W_Q8_0, "v3 kernels: IQ2_XXS, Q2_K, Q8_0");
     using L1 = Lay<WT, 1>;
     static constexpr bool Q8 = WT == W_Q8_0;
     static constexpr int KB = kKB3;                     // Q8_0: 32-element blocks per k-step
@@ -1272,7 +1268,7 @@ struct Cfg3 {
     static constexpr int T_XQ = 0;                      // int8 [BN][KQ], permuted, swizzled
     static constexpr int T_DX = BN * KQ;                // f32, permuted tokens (perm_tok): Q8_0 [KB][BN]; else [BN]
     static constexpr int T_XBS = T_DX + (Q8 ? KB : 1) * BN * 4;  // Q2_K: int16 [BN][16] Q8_K sums
-    static constexpr int TBYTES = T_XBS + (HAS_MIN ? BN * 32 : 0);
+    static constexpr int TBYTES = T_XBS + (WT == W_Q2_K ? BN * 32 : 0);
     static constexpr int O_T0 = TAB;
     static constexpr int O_WRAW = O_T0 + 2 * TBYTES;    // NWB x [BM][WSLOT], warp w's rows at WR·w
     static constexpr int WBUF = BM * WSLOT;
@@ -1325,7 +1321,7 @@ __device__ __forceinline__ void decode3_x(uint8_t *tb, const uint8_t *xr, const 
             const uint32_t v0 = lds32(bp + 4 + 4 * lane), v1 = lds32(bp + 132 + 4 * lane);
             sts32(o, v0);
             sts32(o + 128, v1);  // units 4..7: chunk + 8 (the swizzle only touches the low 3 bits)
-            if constexpr (C::HAS_MIN)
+            if constexpr (WT == W_Q2_K)
                 if (lane < 8) xbs[t * 8 + lane] = lds32(bp + 260 + 4 * lane);
             if (lane == 0) dx[perm_tok<NT>(t)] = __uint_as_float(lds32(bp));
         }
@@ -1472,44 +1468,6 @@ __device__ __forceinline__ void mma3(const uint8_t *sm, const uint8_t *tb, const
                 }
             }
         }
-    } else if constexpr (WT == W_Q4_K) {
-        // Q4_K block: d, dmin, scales[12] (6-bit scales and mins of the 8 sub-blocks), qs[128].
-        // Sub-block kk = 2hh + j: element l is nibble j of qs[32hh + l]; lane tig: l = 8tig..
-        // 8tig+7 (two words per row, loaded once per two sub-blocks). Per sub-block mma, then
-        // isum += scale·C (as v1/v2). Scale of sub-block q from the 12 bytes b: b[q] & 63
-        // (q < 4), (b[q+4] & 15) | (b[q-4] >> 6) << 4 (q >= 4).
-#pragma unroll 1  // (one sub-block a pass: the quant words are re-read for its pair; fewer live registers)
-        for (int kk = 0; kk < 8; kk++) {
-            uint32_t a[MT][4];
-            int sc[MT][2];
-            const uint32_t sh = 4 * (kk & 1);
-#pragma unroll
-            for (int mt = 0; mt < MT; mt++)
-#pragma unroll
-                for (int h = 0; h < 2; h++) {
-                    const uint32_t q = rp[mt][h] + 16 + 32 * (kk >> 1) + 8 * tig, al = q & ~3u, f = (q & 3u) * 8;
-                    const uint32_t t0 = lds32(al), t1 = lds32(al + 4), t2 = lds32(al + 8);
-                    a[mt][h] = (fshr(t0, t1, f) >> sh) & 0x0F0F0F0Fu;
-                    a[mt][2 + h] = (fshr(t1, t2, f) >> sh) & 0x0F0F0F0Fu;
-                    const uint32_t lo = lds8(rp[mt][h] + 4 + (kk & 3)), hi = lds8(rp[mt][h] + 12 + (kk & 3));
-                    sc[mt][h] = (int)(kk < 4 ? lo & 63u : (hi & 15u) | ((lo >> 6) << 4));
-                }
-            uint32_t b[NT][2];
-            load_b(kk, b);
-#pragma unroll
-            for (int nt = 0; nt < NT; nt++) {
-                if (!FULL && nt >= nv) continue;
-#pragma unroll
-                for (int mt = 0; mt < MT; mt++) {
-                    int c[4];
-                    mma_k32(c, a[mt], b[nt][0], b[nt][1], 0, 0, 0, 0);
-                    isum[mt][nt][0] += sc[mt][0] * c[0];
-                    isum[mt][nt][1] += sc[mt][0] * c[1];
-                    isum[mt][nt][2] += sc[mt][1] * c[2];
-                    isum[mt][nt][3] += sc[mt][1] * c[3];
-                }
-            }
-        }
     } else {
         // Q2_K block: scales[16], qs[64], d, dmin. Sub-block kk = 4hh + j: element l is
         // (qs[32hh + l] >> 2j) & 3 times scales[2kk + l/16] & 15 (<= 45: one int8, and one mma
@@ -1567,14 +1525,6 @@ __device__ __forceinline__ void mma3(const uint8_t *sm, const uint8_t *tb, const
                 dw[mt][h] = f16_bits_to_f32((uint16_t)lds16(rp[mt][h]));
                 dm[mt][h] = 0.0f;
                 am[mt][h] = 0;
-            } else if constexpr (WT == W_Q4_K) {
-                dw[mt][h] = f16_bits_to_f32((uint16_t)lds16(rp[mt][h]));
-                dm[mt][h] = f16_bits_to_f32((uint16_t)lds16(rp[mt][h] + 2));
-                // 16-sum j takes min m_{j/2}: bytes m_{2tig}, m_{2tig}, m_{2tig+1}, m_{2tig+1} of
-                // the mins (m_q = W1.q & 63 (q < 4), (W2.(q-4) >> 4) | (W1.(q-4) >> 6) << 4)
-                const uint32_t w1 = lds32u(rp[mt][h] + 8), w2 = lds32u(rp[mt][h] + 12);
-                const uint32_t mlo = w1 & 0x3F3F3F3Fu, mhi = ((w2 >> 4) & 0x0F0F0F0Fu) | (((w1 >> 6) & 0x03030303u) << 4);
-                am[mt][h] = prmt(mlo, mhi, (uint32_t)(2 * tig) * 0x0011u + (uint32_t)(2 * tig + 1) * 0x1100u);
             } else {
                 dw[mt][h] = f16_bits_to_f32((uint16_t)lds16(rp[mt][h] + 80));
                 dm[mt][h] = f16_bits_to_f32((uint16_t)lds16(rp[mt][h] + 82));
@@ -1586,7 +1536,7 @@ __device__ __forceinline__ void mma3(const uint8_t *sm, const uint8_t *tb, const
     for (int nt = 0; nt < NT; nt++) {
         if (!FULL && nt >= nv) continue;
         uint32_t lo = 0, hi = 0;
-        if constexpr (C::HAS_MIN) {
+        if constexpr (WT == W_Q2_K) {
             // summs = Σ_j min[row][j]·bsums[tok][j], bsums = 128·hi + lo (see v1)
             const uint32_t *xbs = (const uint32_t *)(tb + C::T_XBS);
             const uint2 bs = *(const uint2 *)(xbs + (nt * 8 + g) * 8 + 2 * tig);
@@ -1596,7 +1546,7 @@ __device__ __forceinline__ void mma3(const uint8_t *sm, const uint8_t *tb, const
 #pragma unroll
         for (int mt = 0; mt < MT; mt++) {
             int cs[4] = {0, 0, 0, 0};
-            if constexpr (C::HAS_MIN) {
+            if constexpr (WT == W_Q2_K) {
                 int ch[4];
                 mma_k16(ch, am[mt][0], am[mt][1], hi, 0, 0, 0, 0);
                 mma_k16(cs, am[mt][0], am[mt][1], lo, ch[0] * 128 + (int)kMagic, ch[1] * 128 + (int)kMagic,
@@ -1611,7 +1561,7 @@ __device__ __forceinline__ void mma3(const uint8_t *sm, const uint8_t *tb, const
                     const float d = __fmul_rn(d0, xd);
                     term = __fmul_rn(__fmul_rn(d, __int2float_rn(isum[mt][nt][i])), 0.125f);
                 } else {
-                    const float isf = WT == W_Q2_K ? __int_as_float(isum[mt][nt][i]) - kMagicF : __int2float_rn(isum[mt][nt][i]);
+                    const float isf = __int_as_float(isum[mt][nt][i]) - kMagicF;
                     const float smf = __int_as_float(cs[i]) - kMagicF;
                     const float dall = __fmul_rn(xd, d0), dmn = __fmul_rn(xd, dm[mt][i >> 1]);
                     term = __fsub_rn(__fmul_rn(dall, isf), __fmul_rn(dmn, smf));
@@ -1861,11 +1811,9 @@ KernelFn pick_bn3(int bn, int *smem) {
             return mmq3_kernel<WT, kMT3, 16, UNI>;
         }
     }
-    if constexpr (WT != W_Q4_K) {  // (Q4_K: BN 32 only; at 64 its kernel spills ~28 bytes)
-        if (bn >= 64) {
-            *smem = Cfg3<WT, kMT3, 8>::BYTES;
-            return mmq3_kernel<WT, kMT3, 8, UNI>;
-        }
+    if (bn >= 64) {
+        *smem = Cfg3<WT, kMT3, 8>::BYTES;
+        return mmq3_kernel<WT, kMT3, 8, UNI>;
     }
     *smem = Cfg3<WT, kMT3, 4>::BYTES;
     return mmq3_kernel<WT, kMT3, 4, UNI>;
@@ -1873,11 +1821,10 @@ KernelFn pick_bn3(int bn, int *smem) {
 
 KernelFn pick_kernel3(int wt, int bn, bool uni, int *smem) {
     if (wt == W_Q8_0) return uni ? pick_bn3<W_Q8_0, true>(bn, smem) : pick_bn3<W_Q8_0, false>(bn, smem);
-    if (wt == W_Q4_K) return pick_bn3<W_Q4_K, false>(bn, smem);
     return wt == W_IQ2 ? pick_bn3<W_IQ2, false>(bn, smem) : pick_bn3<W_Q2_K, false>(bn, smem);
 }
 
-bool has_v3(int wt) { return wt == W_IQ2 || wt == W_Q2_K || wt == W_Q8_0 || wt == W_Q4_K; }
+bool has_v3(int wt) { return wt == W_IQ2 || wt == W_Q2_K || wt == W_Q8_0; }
 
 int wtype_of(uint32_t type) {
     switch (type) {
@@ -1980,8 +1927,7 @@ int choose_bn2(int wt, int64_t per_prob, int64_t n_prob, int64_t n_rt, int n_sm)
     return 32;
 }
 
-// v3 token tile (bit-identical for every choice; Q4_K runs BN 32 whatever is chosen, see
-// pick_kernel3). IQ2_XXS, Q2_K, Q4_K: 64 when problems fill it at
+// v3 token tile (bit-identical for every choice). IQ2_XXS, Q2_K: 64 when problems fill it at
 // least 3/4 on average, else 32. Q8_0 (the dense projections): as v2's choose_bn2 over
 // {128, 64, 32} with 256-row tiles (n_rt3): the largest tile at least 3/4 filled on average
 // that still gives ~a block per SM. DS4_MMQ_BN=16|32 forces 32, 64 forces 64, 128 forces
