@@ -40,9 +40,9 @@ extern "C" {
 static int g_pass, g_fail;
 
 // Kernel-variant switch of mmq.cu (a test hook, not part of cuda_mmq.h): 0 = per weight type
-// (the default), 1 = the original kernel, 2 = v2, 3 = v3 (IQ2_XXS, Q2_K and Q8_0; Q4_K runs
-// its default); DS4_MMQ_V picks the process default; returns the variant in effect. Each must
-// pass every case, and they must agree bit for bit (test_variants).
+// (the default), 1 = the original kernel, 2 = v2, 3 = v3 (IQ2_XXS and Q2_K; the other types
+// run v2); DS4_MMQ_V picks the process default; returns the variant in effect. Each must pass
+// every case, and they must agree bit for bit (test_variants).
 extern "C" int ds4_cuda_mmq_set_variant(int v);
 
 static void report(bool ok, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -869,22 +869,18 @@ static void test_f16() {
 // Kernel variants 1, 2 and 3 compute every output with the same operations (mmq.cu): the
 // same launches must give identical bits (dense at Flash-like and odd shapes, grouped with
 // gather, skew, NaN ids), and each is checked against the CPU on the first run. v3 is run
-// at each of its token tiles (automatic, BN 128 (Q8_0; 64 for the others), 64, 32). Shapes
-// for v3's edges (256-row blocks of 8 warps x 32 rows, three weight buffers, BN 128 / 64 /
-// 32): n = 300 (a second row tile of 44 rows: one full warp, one partial, six without rows),
-// n = 129 / 200 / 257, k of 1..16 superblocks (the weight ring wraps, odd step counts),
-// expert counts 1, 7, 8, 9, 31..33, 63..65, 127..129, 255 (partial n8 and partial token
-// tiles, a lone token), empty experts, slack rows that must stay poisoned. Q8_0 (v3 k-steps
-// of 4 blocks): k of 3, 5, 9, 17, 33, 34, 128, 131 blocks (a partial last step of 1, 2 or 3
-// blocks whose stale slot bytes must read as zeros; row phases that vary when the block
-// count is odd), uniform-phase rows (k % 256 == 0: mma3_q8's UNI path) at every tile.
+// at both of its token tiles (BN 64 and 32). Shapes for v3's edges (256-row blocks of 8 warps
+// x 32 rows, three weight buffers, BN 64 / 32): n = 300 (a second row tile of 44 rows: one
+// full warp, one partial, six without rows), n = 129 / 200, k of 1..16 superblocks (the
+// weight ring wraps, odd step counts), expert counts 1, 7, 8, 9, 31..33, 63..65 (partial n8
+// and partial token tiles, a lone token), empty experts, slack rows that must stay poisoned.
 static void test_variants() {
     for (uint32_t t : kTypes) {
         const char *tn = ds4_type_name(t);
         const int64_t blk = tinfo(t)->block_elems;
         const bool q8 = t == DS4_TYPE_Q8_0;
         char name[96];
-        Case cs[9];
+        Case cs[6];
         cs[0] = dense("", t, 300, q8 ? 1056 : 1024, 300, 5000);
         cs[1] = dense("", t, 129, 3 * blk, 33);
         cs[2] = grouped("", t, 200, q8 ? 544 : 768, 8, {0, 1, 200, 7, 0, 65, 48, 3, 130, 0, 17, 64}, true, true, 97, 0);
@@ -894,24 +890,21 @@ static void test_variants() {
         cs[3].slack = 5;
         cs[4] = dense("", t, 300, 9 * blk, 1);  // a lone token, 9 steps
         cs[5] = grouped("", t, 512, 5 * blk, 3, {17, 0, 40}, false, false, 0, 0);
-        cs[6] = dense("", t, 257, q8 ? 34 * 32 : 6 * 256, 130, 6000);  // Q8_0: 34 blocks (last step 2)
-        cs[7] = grouped("", t, 384, q8 ? 131 * 32 : 4096, 4, {129, 0, 255, 1, 64, 128, 300}, true, true, 260, 6000);
-        cs[8] = grouped("", t, 300, q8 ? 4096 : 2048, 8, {128, 128, 128, 128, 128, 128, 128, 128}, false, false, 0, 6000);
-        for (int i = 0; i < 9; i++) {
+        for (int i = 0; i < 6; i++) {
             snprintf(name, sizeof name, "%s variants 1 / 2 / 3 case %d", tn, i);
             cs[i].name = name;
             const uint64_t seed = g_rng;
             ds4_cuda_mmq_set_variant(1);
             const Result a = run_case(cs[i]);
             bool same = a.launched;
-            const int vbn[5][2] = {{2, 0}, {3, 0}, {3, 128}, {3, 64}, {3, 32}};  // v2, v3 (automatic tile, forced)
+            const int vbn[3][2] = {{2, 0}, {3, 0}, {3, 32}};  // v2, v3 (automatic tile), v3 at BN 32
             for (const auto &vb : vbn) {
                 g_rng = seed;
                 ds4_cuda_mmq_set_variant(vb[0]);
                 const Result b = run_case(cs[i], vb[1], false);
                 same = same && b.launched && a.y.size() == b.y.size() && memcmp(a.y.data(), b.y.data(), a.y.size() * 4) == 0;
             }
-            report(same, "%s: v1, v2, v3 (BN auto / 128 / 64 / 32) give identical bits", name);
+            report(same, "%s: v1, v2, v3 (BN auto / 32) give identical bits", name);
         }
     }
 }
@@ -1029,77 +1022,36 @@ static void bench_f16() {
     }
 }
 
-// Q8_0 dense projections of one Flash layer at T tokens: variant v (0: per-type default) and
-// forced BN (0: automatic); returns the layer's Q8_0 time (q_a + kv + q_b + o_a + o_b + shared
-// gate + up + down, us). o_a: 8 groups of 4096->1024, group p reading its own rows p·T...
-static double bench_q8_layer(int T, int v, int bn, const void *x8, float *y) {
-    struct D {
-        const char *name;
-        int64_t n, k;
-        int times;  // in one layer
-    } dn[] = {{"q_a 4096->1024", 1024, 4096, 1},         {"kv 4096->512", 512, 4096, 1},
-              {"q_b 1024->32768", 32768, 1024, 1},       {"o_b 8192->4096", 4096, 8192, 1},
-              {"shared gate/up 4096->2048", 2048, 4096, 2}, {"shared down 2048->4096", 4096, 2048, 1}};
-    ds4_cuda_mmq_set_variant(v);
-    char bs[8], vn[128];
-    snprintf(bs, sizeof bs, "%d", bn);
-    if (bn) setenv("DS4_MMQ_BN", bs, 1);
-    const char *bt = bn == 128 ? " BN128" : bn == 64 ? " BN64" : bn == 32 ? " BN32" : "";
-    double total = 0;
-    for (const D &d : dn) {
-        BenchW B = bench_weights(DS4_TYPE_Q8_0, d.n, d.k, 1);
-        snprintf(vn, sizeof vn, "v%d Q8_0 %s x%d%s", v, d.name, T, bt);
-        total += d.times * bench_one(vn, B, T, nullptr, x8, row_bytes(DS4_TYPE_Q8_0, d.k), y);
-        delete B.d;
-    }
-    {
-        std::vector<int32_t> o(8 + 1 + 8);
-        for (int p = 0; p <= 8; p++) o[p] = p * T;
-        for (int p = 0; p < 8; p++) o[9 + p] = p;
-        DBuf dO(o.size() * 4);
-        up(dO, 0, o.data(), o.size() * 4);
-        ds4_cuda_mmq_groups go = {(int32_t *)dO.p, (int32_t *)dO.p + 9, nullptr, 8, 8 * T};
-        BenchW B = bench_weights(DS4_TYPE_Q8_0, 1024, 4096, 8);
-        snprintf(vn, sizeof vn, "v%d Q8_0 o_a 8 groups 4096->1024 x%d%s", v, T, bt);
-        total += bench_one(vn, B, 8 * T, &go, x8, row_bytes(DS4_TYPE_Q8_0, 4096), y);
-        delete B.d;
-    }
-    if (bn) unsetenv("DS4_MMQ_BN");
-    printf("bench => v%d%s Q8_0 dense of one layer (q_a kv q_b o_a o_b gate up down), %d tokens: %.1f us (%.3f us per token)\n",
-           v, bt, T, total, total / T);
-    fflush(stdout);
-    ds4_cuda_mmq_set_variant(0);
-    return total;
-}
-
 static void bench() {
-    const int P = 6 * 4096, NE = 256;  // P: packed rows of the largest routed chunk
+    const int T = 2048, P = 6 * 4096, NE = 256;  // P: packed rows of the largest routed chunk
     cudaDeviceProp prop;
     CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
     printf("device: %s, %d SMs\n", prop.name, prop.multiProcessorCount);
-    // activations: XR rows (dense, gate/up gather; o_a at 4096 tokens: 8·4096) and P packed
-    // rows (down), both dot types
+    // activations: T token rows (dense, gate/up gather) and P packed rows (down), both dot types
     const int64_t kmax = 8192;
-    const int XR = 8 * 4096;
-    DBuf x8((size_t)XR * row_bytes(DS4_TYPE_Q8_0, kmax)), xk((size_t)P * row_bytes(DS4_TYPE_Q8_K, kmax));
-    DBuf y((size_t)4 * 4096 * 32768);  // the largest output: q_b at 4096 tokens
+    DBuf x8((size_t)P * row_bytes(DS4_TYPE_Q8_0, kmax)), xk((size_t)P * row_bytes(DS4_TYPE_Q8_K, kmax));
+    DBuf y((size_t)4 * ((size_t)T * 32768 > (size_t)P * 4096 ? (size_t)T * 32768 : (size_t)P * 4096));
     {
         std::vector<uint8_t> a = make_acts(DS4_TYPE_Q8_0, 64, kmax, row_bytes(DS4_TYPE_Q8_0, kmax));
-        for (int r = 0; r < XR; r += 64) up(x8, (size_t)r * a.size() / 64, a.data(), a.size());
+        for (int r = 0; r < P; r += 64) up(x8, (size_t)r * a.size() / 64, a.data(), a.size());
         std::vector<uint8_t> b = make_acts(DS4_TYPE_Q8_K, 64, kmax, row_bytes(DS4_TYPE_Q8_K, kmax));
         for (int r = 0; r < P; r += 64) up(xk, (size_t)r * b.size() / 64, b.data(), b.size());
     }
-    // Q8_0 dense (Flash layer shapes): v2 (the default) vs v3 (DS4_MMQ_V=3) at 2048 and 4096
-    // tokens, v3 also at forced tiles; v1 at 2048 for reference
-    for (int TD : {2048, 4096}) {
-        const double t2 = bench_q8_layer(TD, 2, 0, x8.p, (float *)y.p);
-        const double t3 = bench_q8_layer(TD, 3, 0, x8.p, (float *)y.p);
-        bench_q8_layer(TD, 3, 64, x8.p, (float *)y.p);
-        if (TD == 2048) {
-            bench_q8_layer(TD, 3, 128, x8.p, (float *)y.p);
-            bench_q8_layer(TD, 1, 0, x8.p, (float *)y.p);
+    struct D {
+        const char *name;
+        int64_t n, k;
+    } dn[] = {{"Q8_0 q_a 4096->1024 x2048", 1024, 4096},      {"Q8_0 4096->512 x2048", 512, 4096},
+              {"Q8_0 q_b 1024->32768 x2048", 32768, 1024},    {"Q8_0 o_b 8192->4096 x2048", 4096, 8192},
+              {"Q8_0 shared gate 4096->2048 x2048", 2048, 4096}, {"Q8_0 shared down 2048->4096 x2048", 4096, 2048}};
+    char vn[128];
+    for (const D &d : dn) {
+        BenchW B = bench_weights(DS4_TYPE_Q8_0, d.n, d.k, 1);
+        for (int v : {1, 2}) {  // kernel variants (mmq.cu), same data
+            ds4_cuda_mmq_set_variant(v);
+            snprintf(vn, sizeof vn, "v%d %s", v, d.name);
+            bench_one(vn, B, T, nullptr, x8.p, row_bytes(DS4_TYPE_Q8_0, d.k), (float *)y.p);
         }
-        printf("bench => Q8_0 dense layer at %d tokens: v2 %.1f us, v3 %.1f us (v3/v2 %.3f)\n", TD, t2, t3, t3 / t2);
+        delete B.d;
     }
     // routed experts (Flash: 256 experts, top-6): chunks of TR = 2048 and 4096 tokens, PR = 6·TR
     // packed rows over 256 experts (skewed), gate/up gather tokens. q2 file: IQ2_XXS gate/up +
@@ -1144,6 +1096,22 @@ static void bench() {
         delete Dn.d;
     }
     ds4_cuda_mmq_set_variant(0);
+    // o_a: 8 groups of 4096->1024, 2048 rows each
+    {
+        std::vector<int32_t> o(8 + 1 + 8);
+        for (int p = 0; p <= 8; p++) o[p] = p * T;
+        for (int p = 0; p < 8; p++) o[9 + p] = p;
+        DBuf dO(o.size() * 4);
+        up(dO, 0, o.data(), o.size() * 4);
+        ds4_cuda_mmq_groups go = {(int32_t *)dO.p, (int32_t *)dO.p + 9, nullptr, 8, 8 * T};
+        BenchW B = bench_weights(DS4_TYPE_Q8_0, 1024, 4096, 8);
+        for (int v : {1, 2}) {
+            ds4_cuda_mmq_set_variant(v);
+            snprintf(vn, sizeof vn, "v%d Q8_0 o_a 8 groups 4096->1024 x2048", v);
+            bench_one(vn, B, 8 * T, &go, x8.p, row_bytes(DS4_TYPE_Q8_0, 4096), (float *)y.p);
+        }
+        delete B.d;
+    }
     bench_f16();
 }
 

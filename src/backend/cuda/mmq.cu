@@ -8,7 +8,7 @@
 // Three kernels with identical per-output numerics (bit-identical results): v2 and v3 (see
 // their sections below) and the original v1 described here. By default each weight type
 // takes the faster one as measured (mmq_variant); DS4_MMQ_V=1|2|3 forces one (v3 covers
-// IQ2_XXS, Q2_K and Q8_0; Q4_K then runs its default; read once; tests switch with the hook
+// IQ2_XXS and Q2_K; other types then run v2; read once; tests switch with the hook
 // ds4_cuda_mmq_set_variant, which is not part of cuda_mmq.h).
 //
 // v1 design (one block = 128 weight rows x BN activation rows, BN = 16·NT in {16, 32, 64}):
@@ -1178,7 +1178,7 @@ __global__ void __launch_bounds__(kThreads, 1) mmq2_kernel(const __grid_constant
 }
 
 // ============================================================================================
-// v3 (default for IQ2_XXS and Q2_K, the routed experts; DS4_MMQ_V=3 also for Q8_0). Same numerics
+// v3 (DS4_MMQ_V=3; IQ2_XXS and Q2_K: the routed experts. Other types run v2). Same numerics
 // and per-output operation sequence as v1/v2 (identical bits). v1/v2 are bound by shared-
 // memory traffic: per k-step every block writes the decoded int8 weight tile (32 KB per 128
 // rows) and every warp re-reads its A fragments with ldmatrix. v3 never materialises decoded
@@ -1205,19 +1205,9 @@ __global__ void __launch_bounds__(kThreads, 1) mmq2_kernel(const __grid_constant
 //    the newest group (X(s+1) and W(s+1) landed); decode X(s+1); barrier.
 //  * IQ2_XXS tables: 32 copies (48 KB), word e·32 + c, lane c reads copy c: conflict-free.
 //  * Shared memory per block (MT 2, BN 64): IQ2_XXS 160.5 KB, Q2_K 140.5 KB; one block per SM.
-//  * Q8_0 (mma3_q8; the dense projections): k-steps of KB = 4 blocks (136 bytes a row, slots of
-//    160: three weight buffers of 256 rows fit beside BN 128 tiles), activation Q8_0 blocks
-//    decoded like Q8_K (permuted quants, d as f32 [KB][BN] in perm_tok order). Lane tig's 8
-//    quants of a row and block are contiguous (one unaligned 8-byte read: three words, two
-//    funnel shifts); the block's float epilogue is v1/v2's, per block (acc = fma(float(isum),
-//    dw·dx, acc), isum via the magic preset). BN 128 (warp tile 32 rows x 128 tokens: each A
-//    fragment feeds 16 mmas, 4 LDS.128 of token scales per 16 mmas), 64 or 32 (choose_bn3).
-//    A partial last step (k % 128 != 0) has its stale block bytes zeroed after they land, so
-//    they decode to A = 0, d = 0 as in v1/v2. Shared memory: BN 128 176 KB, 64 148 KB, 32 134 KB.
 // ============================================================================================
 
 constexpr int kMT3 = 2;  // m16 tiles per warp (block rows 128·kMT3)
-constexpr int kKB3 = 4;  // Q8_0: 32-element blocks per k-step
 
 // Shared-memory loads at 32-bit shared addresses (v3's decode: no 64-bit generic address
 // math per load). volatile: kept in program order with the barriers and cp.async waits.
@@ -1237,12 +1227,6 @@ __device__ __forceinline__ uint32_t lds16(uint32_t a) {
     return v;
 }
 __device__ __forceinline__ void sts32(uint32_t a, uint32_t v) { asm volatile("st.shared.u32 [%0], %1;" ::"r"(a), "r"(v)); }
-__device__ __forceinline__ void lds128f(float (&v)[4], uint32_t a) {
-    asm volatile("ld.shared.v4.f32 {%0,%1,%2,%3}, [%4];" : "=f"(v[0]), "=f"(v[1]), "=f"(v[2]), "=f"(v[3]) : "r"(a));
-}
-__device__ __forceinline__ void sts16(uint32_t a, uint32_t v) {
-    asm volatile("st.shared.u16 [%0], %1;" ::"r"(a), "h"((unsigned short)v));
-}
 // The 32-bit word at 2-byte aligned shared address a (two aligned loads, a funnel shift).
 __device__ __forceinline__ uint32_t lds32u(uint32_t a) {
     const uint32_t al = a & ~3u;
@@ -1251,23 +1235,19 @@ __device__ __forceinline__ uint32_t lds32u(uint32_t a) {
 
 template <int WT, int MT, int NT>
 struct Cfg3 {
-    static_assert(WT == W_IQ2 || WT == W_Q2_K || WT == W_Q8_0, "v3 kernels: IQ2_XXS, Q2_K, Q8_0");
+    static_assert(WT == W_IQ2 || WT == W_Q2_K, "v3 kernels: IQ2_XXS, Q2_K");
     using L1 = Lay<WT, 1>;
-    static constexpr bool Q8 = WT == W_Q8_0;
-    static constexpr int KB = kKB3;                     // Q8_0: 32-element blocks per k-step
-    static constexpr int KQ = Q8 ? 32 * KB : 256;       // elements per k-step
     static constexpr int WR = 16 * MT;                  // weight rows per warp
     static constexpr int BM = 8 * WR;                   // weight rows per block
     static constexpr int BN = 8 * NT;                   // tokens per block tile
     static constexpr int XR = BN / 8;                   // token rows per warp (staging, decode)
-    static constexpr int WSTEP = Q8 ? 34 * KB : L1::WSTEP, XSTEP = Q8 ? 34 * KB : L1::XSTEP;
-    static constexpr int WSLOT = (WSTEP + 14 + 15) / 16 * 16, XSLOT = (XSTEP + 14 + 15) / 16 * 16;
+    static constexpr int WSTEP = L1::WSTEP, WSLOT = L1::WSLOT, XSTEP = L1::XSTEP, XSLOT = L1::XSLOT;
     static constexpr int NWB = 3;                       // weight raw buffers: steps s, s+1, s+2
     static constexpr int TAB = WT == W_IQ2 ? 384 * 32 * 4 : 0;  // codes [256][32], ssp [128][32]
     // one decoded activation step ("tile buffer")
-    static constexpr int T_XQ = 0;                      // int8 [BN][KQ], permuted, swizzled
-    static constexpr int T_DX = BN * KQ;                // f32, permuted tokens (perm_tok): Q8_0 [KB][BN]; else [BN]
-    static constexpr int T_XBS = T_DX + (Q8 ? KB : 1) * BN * 4;  // Q2_K: int16 [BN][16] Q8_K sums
+    static constexpr int T_XQ = 0;                      // int8 [BN][256], permuted, swizzled
+    static constexpr int T_DX = BN * 256;               // f32 [BN], permuted tokens (perm_tok)
+    static constexpr int T_XBS = T_DX + BN * 4;         // Q2_K: int16 [BN][16] Q8_K sums
     static constexpr int TBYTES = T_XBS + (WT == W_Q2_K ? BN * 32 : 0);
     static constexpr int O_T0 = TAB;
     static constexpr int O_WRAW = O_T0 + 2 * TBYTES;    // NWB x [BM][WSLOT], warp w's rows at WR·w
@@ -1278,21 +1258,14 @@ struct Cfg3 {
     static_assert(TAB % 16 == 0 && TBYTES % 16 == 0 && WBUF % 16 == 0, "alignment");
 };
 
-// Bytes of k-step s of one row: Q8_0's last step may hold fewer than KB blocks.
-template <class C>
-__device__ __forceinline__ uint32_t step_bytes3(const Params &P, int s, uint32_t full) {
-    return C::Q8 ? 34u * (uint32_t)min(C::KB, P.nb - C::KB * s) : full;
-}
-
 // Decodes the warp's XR token rows of step s (raw slots xr; rows past ntok: zero slots, any
 // phase) into tile buffer tb: quants permuted (see above), d, and (Q2_K) the 16-sums. One
-// token row at a time, lane L moves quant words L (and L + 32 for Q8_K): the loads read
-// consecutive words and the stores hit 32 distinct banks (a unit-per-lane split, as v1/v2,
-// puts 8 lanes on one bank: the raw slot stride is a multiple of 16 bytes). Q8_0: blocks
-// past the row's end (nb) decode to zero quants and d = 0, as v1/v2's decoders.
+// token row at a time, lane L moves quant words L and L + 32: the loads read 32 consecutive
+// words and the stores hit 32 distinct banks (a unit-per-lane split, as v1/v2, puts 8 lanes
+// on one bank: the raw slot stride is a multiple of 16 bytes).
 template <int WT, int MT, int NT>
-__device__ __forceinline__ void decode3_x(uint8_t *tb, const uint8_t *xr, const uint8_t *const *xrow, int s, int nb,
-                                          int warp, int lane) {
+__device__ __forceinline__ void decode3_x(uint8_t *tb, const uint8_t *xr, const uint8_t *const *xrow, int s, int warp,
+                                          int lane) {
     using C = Cfg3<WT, MT, NT>;
     constexpr int XR = C::XR;
     const uint32_t soff = (uint32_t)s * C::XSTEP;
@@ -1303,89 +1276,18 @@ __device__ __forceinline__ void decode3_x(uint8_t *tb, const uint8_t *xr, const 
     const uint32_t xrs = smem_u32(xr), tq = smem_u32(tb) + C::T_XQ;
     float *dx = (float *)(tb + C::T_DX);
     uint32_t *xbs = (uint32_t *)(tb + C::T_XBS);
-    const int nbk = C::Q8 ? min(C::KB, nb - C::KB * s) : 0;
 #pragma unroll
     for (int tl = 0; tl < XR; tl++) {
         const int t = warp * XR + tl;
+        // Q8_K: f32 d, 256 quants, 16 int16 sums; 4-byte aligned (host check)
         const uint32_t bp = xrs + tl * C::XSLOT + (((uint32_t)(uintptr_t)xrow[t] + soff) & 15u);
-        const uint32_t o = tq + t * C::KQ + ((ch ^ (uint32_t)(t & 7)) << 4) + wo;
-        if constexpr (C::Q8) {
-            // Q8_0 block q = L / 8 (f16 d, 32 quants; 2-byte aligned): quant word L % 8
-            const int q = lane >> 3;
-            const uint32_t v = lds32u(bp + 34 * q + 2 + 4 * i);
-            sts32(o, q < nbk ? v : 0u);
-            if (lane < C::KB)
-                dx[lane * C::BN + perm_tok<NT>(t)] = lane < nbk ? f16_bits_to_f32((uint16_t)lds16(bp + 34 * lane)) : 0.0f;
-        } else {
-            // Q8_K: f32 d, 256 quants, 16 int16 sums; 4-byte aligned (host check)
-            const uint32_t v0 = lds32(bp + 4 + 4 * lane), v1 = lds32(bp + 132 + 4 * lane);
-            sts32(o, v0);
-            sts32(o + 128, v1);  // units 4..7: chunk + 8 (the swizzle only touches the low 3 bits)
-            if constexpr (WT == W_Q2_K)
-                if (lane < 8) xbs[t * 8 + lane] = lds32(bp + 260 + 4 * lane);
-            if (lane == 0) dx[perm_tok<NT>(t)] = __uint_as_float(lds32(bp));
-        }
-    }
-}
-
-// v3's mmas of one Q8_0 k-step (KB blocks) for one warp: A from the raw blocks of its rows
-// (rp[mt][h]: shared address of the step's bytes of row 16mt + g + 8h of the warp; even; blocks
-// past the row's end were zeroed by the kernel: A = 0, d = 0), B and the token scales from
-// tile buffer tb; per block the float epilogue of v1/v2 (same operations, same order).
-// Lane tig takes quants 8tig..8tig+7 of block kk: bytes rp + 34kk + 2 + 8tig (2-byte
-// aligned): three aligned words and two funnel shifts. UNI: every row of the step has the
-// same phase (row_bytes % 16 == 0, as for k % 256 == 0; host-checked), so row (mt, h) sits at
-// rp[0][0] + (16mt + 8h)·WSLOT and one shift serves all rows (the offsets fold into the loads).
-template <int MT, int NT, bool FULL, bool UNI>
-__device__ __forceinline__ void mma3_q8(const uint8_t *tb, const uint32_t (&rp)[MT][2], float (&acc)[MT][NT][4], int lane,
-                                        int nv) {
-    if (FULL) nv = NT;
-    using C = Cfg3<W_Q8_0, MT, NT>;
-    const int tig = lane & 3, x7 = lane & 7;
-    const int bt = x7 + 8 * (lane >> 4), bhi = (lane >> 3) & 1;
-    const uint32_t b_addr = smem_u32(tb) + C::T_XQ + bt * C::KQ;
-    // token scales [KB][BN], permuted: the lane's tokens (nt, e) at 2NT·tig + 2nt + e
-    const uint32_t dxa = smem_u32(tb) + C::T_DX + 4 * (2 * NT * tig);
-#pragma unroll 1  // (unrolled, ptxas hoists several blocks' loads and products and spills)
-    for (int kk = 0; kk < C::KB; kk++) {
-        uint32_t a[MT][4];
-        float dw[MT][2];
-#pragma unroll
-        for (int mt = 0; mt < MT; mt++)
-#pragma unroll
-            for (int h = 0; h < 2; h++) {
-                const uint32_t ro = UNI ? (uint32_t)((16 * mt + 8 * h) * C::WSLOT) : 0u;
-                const uint32_t rb = (UNI ? rp[0][0] : rp[mt][h]) + 34 * kk;  // block kk
-                const uint32_t q = ((rb + 2 + 8 * tig) & ~3u) + ro, f = ((rb + 2) & 3u) * 8;
-                const uint32_t t0 = lds32(q), t1 = lds32(q + 4), t2 = lds32(q + 8);
-                a[mt][h] = fshr(t0, t1, f);      // quants 8tig..8tig+3
-                a[mt][2 + h] = fshr(t1, t2, f);  // 8tig+4..8tig+7
-                dw[mt][h] = f16_bits_to_f32((uint16_t)lds16(rb + ro));
-            }
-        const uint32_t ba = b_addr + (((2 * kk + bhi) ^ x7) << 4), da = dxa + 4 * kk * C::BN;
-#pragma unroll
-        for (int np = 0; np < NT / 2; np++) {
-            if (!FULL && 2 * np >= nv) continue;  // block-uniform
-            uint32_t b[4];
-            ldsm_x4(b, ba + np * 16 * C::KQ);
-            float tx[4];  // tokens (2np, 0), (2np, 1), (2np+1, 0), (2np+1, 1)
-            lds128f(tx, da + 16 * np);
-#pragma unroll
-            for (int u = 0; u < 2; u++) {
-                const int nt = 2 * np + u;
-                if (!FULL && nt >= nv) continue;
-#pragma unroll
-                for (int mt = 0; mt < MT; mt++) {
-                    int c[4];
-                    mma_k32(c, a[mt], b[2 * u], b[2 * u + 1], (int)kMagic, (int)kMagic, (int)kMagic, (int)kMagic);
-                    // (float)isum · (dw·dx) as ds4_dot_q, the product fused into the sum (as v1/v2)
-                    acc[mt][nt][0] = fmaf(__int_as_float(c[0]) - kMagicF, __fmul_rn(dw[mt][0], tx[2 * u]), acc[mt][nt][0]);
-                    acc[mt][nt][1] = fmaf(__int_as_float(c[1]) - kMagicF, __fmul_rn(dw[mt][0], tx[2 * u + 1]), acc[mt][nt][1]);
-                    acc[mt][nt][2] = fmaf(__int_as_float(c[2]) - kMagicF, __fmul_rn(dw[mt][1], tx[2 * u]), acc[mt][nt][2]);
-                    acc[mt][nt][3] = fmaf(__int_as_float(c[3]) - kMagicF, __fmul_rn(dw[mt][1], tx[2 * u + 1]), acc[mt][nt][3]);
-                }
-            }
-        }
+        const uint32_t v0 = lds32(bp + 4 + 4 * lane), v1 = lds32(bp + 132 + 4 * lane);
+        const uint32_t o = tq + t * 256 + ((ch ^ (uint32_t)(t & 7)) << 4) + wo;
+        sts32(o, v0);
+        sts32(o + 128, v1);  // units 4..7: chunk + 8 (the swizzle only touches the low 3 bits)
+        if constexpr (WT == W_Q2_K)
+            if (lane < 8) xbs[t * 8 + lane] = lds32(bp + 260 + 4 * lane);
+        if (lane == 0) dx[perm_tok<NT>(t)] = __uint_as_float(lds32(bp));
     }
 }
 
@@ -1400,7 +1302,7 @@ __device__ __forceinline__ void mma3(const uint8_t *sm, const uint8_t *tb, const
     using C = Cfg3<WT, MT, NT>;
     const int g = lane >> 2, tig = lane & 3, x7 = lane & 7;
     const int bt = x7 + 8 * (lane >> 4), bhi = (lane >> 3) & 1;
-    const uint32_t b_addr = smem_u32(tb) + C::T_XQ + bt * C::KQ;
+    const uint32_t b_addr = smem_u32(tb) + C::T_XQ + bt * 256;
     int isum[MT][NT][4];
 #pragma unroll
     for (int mt = 0; mt < MT; mt++)
@@ -1414,7 +1316,7 @@ __device__ __forceinline__ void mma3(const uint8_t *sm, const uint8_t *tb, const
 #pragma unroll
         for (int np = 0; np < NT / 2; np++) {
             uint32_t r[4] = {0, 0, 0, 0};
-            if (FULL || 2 * np < nv) ldsm_x4(r, b_addr + np * 16 * C::KQ + (((2 * kk + bhi) ^ x7) << 4));
+            if (FULL || 2 * np < nv) ldsm_x4(r, b_addr + np * 16 * 256 + (((2 * kk + bhi) ^ x7) << 4));
             b[2 * np][0] = r[0];
             b[2 * np][1] = r[1];
             b[2 * np + 1][0] = r[2];
@@ -1572,8 +1474,7 @@ __device__ __forceinline__ void mma3(const uint8_t *sm, const uint8_t *tb, const
     }
 }
 
-// UNI (Q8_0 only): every weight row's k-step starts at the same phase (mma3_q8).
-template <int WT, int MT, int NT, bool UNI>
+template <int WT, int MT, int NT>
 __global__ void __launch_bounds__(kThreads, 1) mmq3_kernel(const __grid_constant__ Params P) {
     using C = Cfg3<WT, MT, NT>;
     constexpr int BN = C::BN, XR = C::XR, BM = C::BM, WR = C::WR;
@@ -1598,8 +1499,7 @@ __global__ void __launch_bounds__(kThreads, 1) mmq3_kernel(const __grid_constant
     uint8_t *const xraw = sm + C::O_XRAW + warp * XR * C::XSLOT;
     // weight step s into buffer s % NWB (rows past nrow: never staged)
     auto stage_w = [&](int s) {
-        stage2<C::WSLOT, WR>(wraw + (s % C::NWB) * C::WBUF, wrow, nrow - wr0, (uint32_t)s * C::WSTEP,
-                             step_bytes3<C>(P, s, C::WSTEP), lane);
+        stage2<C::WSLOT, WR>(wraw + (s % C::NWB) * C::WBUF, wrow, nrow - wr0, (uint32_t)s * C::WSTEP, C::WSTEP, lane);
     };
     {  // the warp's raw slots start as zeros: rows / tokens never staged decode to finite values
 #pragma unroll 1
@@ -1653,7 +1553,7 @@ __global__ void __launch_bounds__(kThreads, 1) mmq3_kernel(const __grid_constant
         stage_w(0);
         if (P.nks > 1) stage_w(1);
     }
-    stage2<C::XSLOT, XR>(xraw, xrowp, nxw, 0, step_bytes3<C>(P, 0, C::XSTEP), lane);
+    stage2<C::XSLOT, XR>(xraw, xrowp, nxw, 0, C::XSTEP, lane);
     cp_async_commit();
     if constexpr (WT == W_IQ2) {
         // decode tables (while the first steps land; blocks past the last tile never get
@@ -1664,7 +1564,7 @@ __global__ void __launch_bounds__(kThreads, 1) mmq3_kernel(const __grid_constant
     // prologue: weight steps 0 and 1 and activation step 0 landed; step 0 into tile buffer 0
     cp_async_wait<0>();
     __syncwarp();
-    decode3_x<WT, MT, NT>(sm + C::O_T0, xraw, s_xrow, 0, P.nb, warp, lane);
+    decode3_x<WT, MT, NT>(sm + C::O_T0, xraw, s_xrow, 0, warp, lane);
     __syncthreads();  // tile buffer 0 and the IQ2_XXS tables visible; the raw activation slots are free
 
     const int g = lane >> 2;
@@ -1684,8 +1584,7 @@ __global__ void __launch_bounds__(kThreads, 1) mmq3_kernel(const __grid_constant
         // activation step s+1 into the raw slots (decoded at the end of this phase), weight
         // step s+2 into the buffer of step s-1 (this warp's reads of it ended before the
         // previous barrier); two groups, so the wait below can leave W(s+2) in flight
-        if (s + 1 < P.nks)
-            stage2<C::XSLOT, XR>(xraw, xrowp, nxw, (uint32_t)(s + 1) * C::XSTEP, step_bytes3<C>(P, s + 1, C::XSTEP), lane);
+        if (s + 1 < P.nks) stage2<C::XSLOT, XR>(xraw, xrowp, nxw, (uint32_t)(s + 1) * C::XSTEP, C::XSTEP, lane);
         cp_async_commit();
         if (s + 2 < P.nks) stage_w(s + 2);
         cp_async_commit();
@@ -1701,39 +1600,16 @@ __global__ void __launch_bounds__(kThreads, 1) mmq3_kernel(const __grid_constant
                     const int r = 16 * mt + g + 8 * h;
                     rp[mt][h] = wb + (uint32_t)(r * C::WSLOT) + ((wlo + (uint32_t)(wr0 + r) * rbl + so) & 15u);
                 }
-            if constexpr (C::Q8) {
-                // a partial last step: the slot bytes of blocks nbk..KB-1 are stale (an older
-                // step, or bytes past the row); zero them so they decode to A = 0, d = 0 as
-                // v1/v2's decoders do (same operations on the accumulators)
-                const int nbk = min(C::KB, P.nb - C::KB * s);
-                if (nbk < C::KB) {
-                    constexpr int HW = 17 * C::KB;  // 16-bit words per row and step
-#pragma unroll 1
-                    for (int i = lane; i < WR * HW; i += 32) {
-                        const int r = i / HW, w = i - r * HW;
-                        if (w >= 17 * nbk)
-                            sts16(wb + (uint32_t)(r * C::WSLOT) + ((wlo + (uint32_t)(wr0 + r) * rbl + so) & 15u) + 2 * w, 0);
-                    }
-                    __syncwarp();
-                }
-            }
             const uint8_t *tb = sm + C::O_T0 + (s & 1) * C::TBYTES;
-            if constexpr (C::Q8) {
-                if (nv == NT)
-                    mma3_q8<MT, NT, true, UNI>(tb, rp, acc, lane, nv);
-                else
-                    mma3_q8<MT, NT, false, UNI>(tb, rp, acc, lane, nv);
-            } else {
-                if (nv == NT)
-                    mma3<WT, MT, NT, true>(sm, tb, rp, acc, lane, nv);
-                else
-                    mma3<WT, MT, NT, false>(sm, tb, rp, acc, lane, nv);
-            }
+            if (nv == NT)
+                mma3<WT, MT, NT, true>(sm, tb, rp, acc, lane, nv);
+            else
+                mma3<WT, MT, NT, false>(sm, tb, rp, acc, lane, nv);
         }
         if (s + 1 < P.nks) {
             cp_async_wait<1>();  // all but W(s+2): X(s+1) and W(s+1) landed
             __syncwarp();
-            decode3_x<WT, MT, NT>(sm + C::O_T0 + ((s + 1) & 1) * C::TBYTES, xraw, s_xrow, s + 1, P.nb, warp, lane);
+            decode3_x<WT, MT, NT>(sm + C::O_T0 + ((s + 1) & 1) * C::TBYTES, xraw, s_xrow, s + 1, warp, lane);
             __syncthreads();  // step s+1's tile visible; step s's tile free
         }
     }
@@ -1800,31 +1676,20 @@ KernelFn pick_kernel2(int wt, int bn, int *smem) {
     }
 }
 
-// v3 kernels (IQ2_XXS, Q2_K, Q8_0): BN 128 (Q8_0 only), 64 or 32, 128·kMT3 weight rows per block.
-// UNI: Q8_0 rows all at one phase (row_bytes and mat_stride multiples of 16; mma3_q8); without
-// it (k % 256 != 0, rare) BN 128 runs at 64 (its per-row addresses spill a register at 128).
-template <int WT, bool UNI>
+// v3 kernels (IQ2_XXS, Q2_K): BN 64 or 32, 128·kMT3 weight rows per block.
+template <int WT>
 KernelFn pick_bn3(int bn, int *smem) {
-    if constexpr (WT == W_Q8_0 && UNI) {
-        if (bn >= 128) {
-            *smem = Cfg3<WT, kMT3, 16>::BYTES;
-            return mmq3_kernel<WT, kMT3, 16, UNI>;
-        }
-    }
     if (bn >= 64) {
         *smem = Cfg3<WT, kMT3, 8>::BYTES;
-        return mmq3_kernel<WT, kMT3, 8, UNI>;
+        return mmq3_kernel<WT, kMT3, 8>;
     }
     *smem = Cfg3<WT, kMT3, 4>::BYTES;
-    return mmq3_kernel<WT, kMT3, 4, UNI>;
+    return mmq3_kernel<WT, kMT3, 4>;
 }
 
-KernelFn pick_kernel3(int wt, int bn, bool uni, int *smem) {
-    if (wt == W_Q8_0) return uni ? pick_bn3<W_Q8_0, true>(bn, smem) : pick_bn3<W_Q8_0, false>(bn, smem);
-    return wt == W_IQ2 ? pick_bn3<W_IQ2, false>(bn, smem) : pick_bn3<W_Q2_K, false>(bn, smem);
+KernelFn pick_kernel3(int wt, int bn, int *smem) {
+    return wt == W_IQ2 ? pick_bn3<W_IQ2>(bn, smem) : pick_bn3<W_Q2_K>(bn, smem);
 }
-
-bool has_v3(int wt) { return wt == W_IQ2 || wt == W_Q2_K || wt == W_Q8_0; }
 
 int wtype_of(uint32_t type) {
     switch (type) {
@@ -1927,35 +1792,26 @@ int choose_bn2(int wt, int64_t per_prob, int64_t n_prob, int64_t n_rt, int n_sm)
     return 32;
 }
 
-// v3 token tile (bit-identical for every choice). IQ2_XXS, Q2_K: 64 when problems fill it at
-// least 3/4 on average, else 32. Q8_0 (the dense projections): as v2's choose_bn2 over
-// {128, 64, 32} with 256-row tiles (n_rt3): the largest tile at least 3/4 filled on average
-// that still gives ~a block per SM. DS4_MMQ_BN=16|32 forces 32, 64 forces 64, 128 forces
-// 128 (Q8_0; 64 for the others).
-int choose_bn3(int wt, int64_t per_prob, int64_t n_prob, int64_t n_rt3, int n_sm) {
-    const int top = wt == W_Q8_0 ? 128 : 64;
+// v3 token tile: 64 when problems fill it at least 3/4 on average, else 32 (bit-identical
+// either way). DS4_MMQ_BN=16|32 forces 32, 64|128 forces 64.
+int choose_bn3(int64_t per_prob) {
     const char *e = getenv("DS4_MMQ_BN");
     if (e) {
         const int v = atoi(e);
         if (v == 16 || v == 32) return 32;
-        if (v == 64 || v == 128) return v < top ? v : top;
+        if (v == 64 || v == 128) return 64;
     }
-    if (wt != W_Q8_0) return per_prob >= 48 ? 64 : 32;
-    for (int bn = top; bn > 32; bn /= 2)
-        if (per_prob >= bn * 3 / 4 && n_rt3 * n_prob * ((per_prob + bn - 1) / bn) * 10 >= (int64_t)n_sm * 9) return bn;
-    return 32;
+    return per_prob >= 48 ? 64 : 32;
 }
 
 // Kernel variant: 0 = per weight type (default), or 1 / 2 / 3 for all (DS4_MMQ_V=1|2|3; v3
-// exists for IQ2_XXS, Q2_K and Q8_0, Q4_K then runs its per-type default), read once; tests
-// switch it with ds4_cuda_mmq_set_variant (declared by tests/cuda/test_mmq.cu only, not part
-// of the API).
+// exists for IQ2_XXS and Q2_K, the other types then run v2), read once; tests switch it with
+// ds4_cuda_mmq_set_variant (declared by tests/cuda/test_mmq.cu only, not part of the API).
 int g_variant = -1;
 
 // 0 = per weight type (the default): measured on an H200 (bench/RESULTS.md, cuda-test-mmq
 // --bench, routed q2 layer of 12288 rows): v3 for IQ2_XXS (gate/up 1.54 vs v1 1.92 ms) and
-// Q2_K (down 1.40 vs v2 BN 32 1.71 ms), v2 for Q8_0 (+10-15 % over v1; v3 Q8_0 is new and
-// not measured yet: DS4_MMQ_V=3 selects it), v1 for Q4_K.
+// Q2_K (down 1.40 vs v2 BN 32 1.71 ms), v2 for Q8_0 (+10-15 % over v1), v1 for Q4_K.
 int mmq_variant() {
     std::lock_guard<std::mutex> lk(g_mu);
     if (g_variant < 0) {
@@ -2014,13 +1870,17 @@ extern "C" int ds4_cuda_mmq(const ds4_cuda_qmat *w, const void *xq, uint64_t xq_
     }
 
     int variant = mmq_variant();
-    if (variant == 3 && !has_v3(wt)) variant = 0;
-    if (variant == 0) variant = wt == W_IQ2 || wt == W_Q2_K ? 3 : wt == W_Q4_K ? 1 : 2;  // per weight type
+    const bool per_type = variant == 0;
+    if (per_type) variant = wt == W_IQ2 || wt == W_Q2_K ? 3 : wt == W_Q4_K ? 1 : 2;
+    if (variant == 3 && wt != W_IQ2 && wt != W_Q2_K) variant = 2;
     const int64_t n_rt64 = (w->n + kBM - 1) / kBM;
     const int bm = variant == 3 ? 128 * kMT3 : kBM;  // weight rows per block
     int bn, smem = 0;
     KernelFn fn;
-    if (variant == 1) {
+    if (variant == 3) {
+        bn = choose_bn3(per_prob);
+        fn = pick_kernel3(wt, bn, &smem);
+    } else if (variant == 1) {
         const int nt = pick_nt(per_prob);
         bn = 16 * nt;
         fn = pick_kernel(wt, nt, &smem);
@@ -2028,15 +1888,8 @@ extern "C" int ds4_cuda_mmq(const ds4_cuda_qmat *w, const void *xq, uint64_t xq_
         int dev = 0, n_sm = 0;
         DS4_CUDA_TRY(cudaGetDevice(&dev));
         DS4_CUDA_TRY(cudaDeviceGetAttribute(&n_sm, cudaDevAttrMultiProcessorCount, dev));
-        const int64_t np = groups ? groups->n_prob : 1;
-        if (variant == 3) {
-            bn = choose_bn3(wt, per_prob, np, (w->n + bm - 1) / bm, n_sm);
-            const bool uni = rb % 16 == 0 && (w->n_mats == 1 || w->mat_stride % 16 == 0);
-            fn = pick_kernel3(wt, bn, uni, &smem);
-        } else {
-            bn = choose_bn2(wt, per_prob, np, n_rt64, n_sm);
-            fn = pick_kernel2(wt, bn, &smem);
-        }
+        bn = choose_bn2(wt, per_prob, groups ? groups->n_prob : 1, n_rt64, n_sm);
+        fn = pick_kernel2(wt, bn, &smem);
     }
     Params P;
     memset(&P, 0, sizeof P);
@@ -2056,8 +1909,7 @@ extern "C" int ds4_cuda_mmq(const ds4_cuda_qmat *w, const void *xq, uint64_t xq_
     P.n = (int)w->n;
     P.n_mats = w->n_mats;
     P.nb = (int)(w->k / ds4_type_get(w->type)->block_elems);
-    // k-steps: one superblock; Q8_0: 8 blocks (v1, v2) or Cfg3::KB = 4 (v3)
-    P.nks = wt != W_Q8_0 ? P.nb : variant == 3 ? (P.nb + kKB3 - 1) / kKB3 : (P.nb + 7) / 8;
+    P.nks = wt == W_Q8_0 ? (P.nb + 7) / 8 : P.nb;
     P.n_rt = (int)((w->n + bm - 1) / bm);
     int64_t n_tt;
     if (groups) {
