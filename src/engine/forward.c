@@ -400,7 +400,10 @@ static void attention_per_token(ds4_session *s, int il, int n) {
 
 /* Attention sublayer of layer il; its output is left in sc->y (the caller's next HC site
  * applies it). post_first: the previous sublayer's output is still pending. */
-static void attention_layer(ds4_session *s, int il, int n, bool post_first) {
+/* The attention sublayer for n tokens; the output projection only for the last n_out of
+ * them (1 <= n_out <= n), written to sc->y rows 0 .. n_out − 1 (the state — caches, rings,
+ * compressed rows — always advances by all n). */
+static void attention_layer(ds4_session *s, int il, int n, bool post_first, int n_out) {
     ds4_engine *e = s->e;
     ds4_backend *be = e->be;
     const ds4_model *m = e->model;
@@ -445,13 +448,27 @@ static void attention_layer(ds4_session *s, int il, int n, bool post_first) {
     if (!(n >= 2 && attention_batched(s, il, n))) attention_per_token(s, il, n);
     /* grouped output projection (§7.9) */
     const int64_t G = hp->n_out_group, ol = hp->o_lora_rank, gin = qd / G;
+    const float *ao = sc->ao + (int64_t)(n - n_out) * qd;
     if (be->matmul_groups)
-        be->matmul_groups(be, &L->o_a, (int)G, (uint64_t)ol, sc->ao, gin, qd, sc->oa, G * ol, n);
+        be->matmul_groups(be, &L->o_a, (int)G, (uint64_t)ol, ao, gin, qd, sc->oa, G * ol, n_out);
     else
         for (int64_t g = 0; g < G; g++)
-            be->matmul(be, &L->o_a, 0, (uint64_t)(g * ol), (uint64_t)ol, sc->ao + g * gin, qd, sc->oa + g * ol, G * ol,
-                       n);
-    be->matmul(be, &L->o_b, 0, 0, (uint64_t)d, sc->oa, G * ol, sc->y, d, n);
+            be->matmul(be, &L->o_a, 0, (uint64_t)(g * ol), (uint64_t)ol, ao + g * gin, qd, sc->oa + g * ol, G * ol,
+                       n_out);
+    be->matmul(be, &L->o_b, 0, 0, (uint64_t)d, sc->oa, G * ol, sc->y, d, n_out);
+}
+
+/* Moves token row t of the HC state the next site reads (streams H, the attention site's
+ * post / comb) to row 0, for a last layer that continues with that token alone. */
+static void keep_token_row(ds4_session *s, int t) {
+    ds4_backend *be = s->e->be;
+    const ds4_hparams *hp = &s->e->model->hp;
+    ds4_scratch *sc = &s->s;
+    const int64_t h = hp->n_hc, hw = h * (int64_t)hp->n_embd;
+    if (t == 0) return;
+    be->copy(be, sc->H, sc->H + (int64_t)t * hw, (size_t)hw * sizeof(float));
+    be->copy(be, sc->post, sc->post + (int64_t)t * h, (size_t)h * sizeof(float));
+    be->copy(be, sc->comb, sc->comb + (int64_t)t * h * h, (size_t)(h * h) * sizeof(float));
 }
 
 int ds4_forward_chunk(ds4_session *s, const int32_t *tok, int n, bool all_logits, ds4_logits_cb cb, void *user) {
@@ -471,17 +488,28 @@ int ds4_forward_chunk(ds4_session *s, const int32_t *tok, int n, bool all_logits
         for (int t = 0; t < n; t++)
             for (int k = 0; k < h; k++) be->copy(be, sc->H + t * hw + k * d, sc->x + t * d, (size_t)d * sizeof(float));
 
-    /* each sublayer's output (sc->y) is applied to the streams by the next HC site */
+    /* each sublayer's output (sc->y) is applied to the streams by the next HC site. Only the
+     * positions that need logits need the last layer past its attention state update (as
+     * llama.cpp's output-row selection): without all_logits the last layer's output
+     * projection, FFN site and MoE run for the last token alone (each op computes a token's
+     * values independently of the others in its call, backend.h). */
+    int cnt = n; /* rows of sc->H that are live: tokens n − cnt .. n − 1 */
     for (int il = 0; il < (int)hp->n_layer; il++) {
-        attention_layer(s, il, n, il > 0);
+        const int n_out = !all_logits && il == (int)hp->n_layer - 1 ? 1 : n;
+        attention_layer(s, il, n, il > 0, n_out);
+        if (n_out < n) {
+            keep_token_row(s, n - 1);
+            cnt = n_out;
+        }
         const ds4_layer_vecs *v = &e->lv[il];
-        hc_next_site(s, true, &m->layers[il].hc_ffn_fn, v->hc_ffn_scale, v->hc_ffn_base, v->ffn_norm, n);
-        moe(s, il, tok, n);
+        hc_next_site(s, true, &m->layers[il].hc_ffn_fn, v->hc_ffn_scale, v->hc_ffn_base, v->ffn_norm, cnt);
+        moe(s, il, tok + (n - cnt), cnt);
     }
-    if (hp->n_layer > 0) hc_apply(s, n);
+    if (hp->n_layer > 0) hc_apply(s, cnt);
 
-    /* output head (§9) for the positions that need logits */
-    const int t0 = all_logits ? 0 : n - 1, cnt = n - t0;
+    /* output head (§9) for the positions that need logits (the live rows' last cnt) */
+    const int t0 = all_logits ? 0 : cnt - 1;
+    cnt -= t0;
     const float *Hh = sc->H + t0 * hw;
     be->rmsnorm(be, Hh, hw, NULL, sc->flat, hw, hw, cnt, hp->rms_eps);
     be->matmul(be, &m->out_hc_fn, 0, 0, (uint64_t)h, sc->flat, hw, sc->mix, h, cnt);

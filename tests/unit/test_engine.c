@@ -145,6 +145,45 @@ DS4_TEST(engine_chunked_prefill_equals_decode) {
     }
 }
 
+/* Without a logits callback only the last position needs logits, so forward.c runs the last
+ * layer past its state update for the last token alone: its logits and the state the
+ * following decode steps see must equal the all-rows run's, bit for bit, in both modes. */
+DS4_TEST(engine_last_row_only_prefill_equals_all_rows) {
+    tm_opts o;
+    tm_default(&o);
+    o.mat_type = DS4_TYPE_Q8_0;
+    for (int exact = 0; exact <= 1; exact++) {
+        ds4_engine *e = open_tm(&o, exact ? "last_x" : "last_p", exact, 2);
+        REQUIRE(e != NULL);
+        enum { N = 70, G = 5 };
+        int32_t tok[N + G];
+        seq(tok, N + G, 3);
+        float *ref = run_all(e, tok, N + G, 0, 16); /* one token per sync: every row computed */
+        REQUIRE(ref != NULL);
+        int chunks[] = {2, 7, 64, N};
+        for (int c = 0; c < 4; c++) {
+            ds4_session_options so;
+            ds4_session_options_default(&so);
+            so.ctx = 128;
+            so.prefill_chunk = chunks[c];
+            so.rewind_window = 16;
+            ds4_session *s = NULL;
+            char err[256];
+            REQUIRE(ds4_session_create(&s, e, &so, err, sizeof err) == 0);
+            for (int i = N; i <= N + G; i++) {
+                REQUIRE(ds4_session_sync(s, tok, i, NULL, NULL, err, sizeof err) == 0);
+                const float *l = ds4_session_logits(s);
+                const float *r = ref + (size_t)(i - 1) * TM_VOCAB;
+                CHECK(memcmp(l, r, sizeof(float) * TM_VOCAB) == 0, "%s chunk %d position %d: max diff %g",
+                      exact ? "exact" : "prod", chunks[c], i - 1, max_diff(l, r, TM_VOCAB));
+            }
+            ds4_session_free(s);
+        }
+        free(ref);
+        ds4_engine_close(e);
+    }
+}
+
 /* Rewind then diverge == fresh computation of the new timeline; within W the rewind
  * re-evaluates only the new suffix, beyond W the session rebuilds. */
 DS4_TEST(engine_rewind_within_and_beyond_w) {
