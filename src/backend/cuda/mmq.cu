@@ -1036,6 +1036,45 @@ __device__ __forceinline__ int find_tile(const Params &P, int tt, int *j, int *s
     return s_pj[0];
 }
 
+// Grouped launches (v2, v3; after pdl_wait: off / mat are earlier kernels' outputs): token
+// tile tt's first token, token count and matrix weight base (row0 of matrix mat[p]). False
+// (block-uniform) when the block has no tile — past the last one, or off[] beyond the host's
+// bound — or when the problem names no valid matrix: that tile's outputs are then written
+// as NaN here (cuda_mmq.h).
+template <int BN>
+__device__ __forceinline__ bool grouped_tile(const Params &P, int tt, int row0, int nrow, int *s_warp, int *s_pj,
+                                             int &tok0, int &ntok, const uint8_t *&wbase) {
+    int j = 0;
+    const int p = find_tile<BN>(P, tt, &j, s_warp, s_pj);
+    if (p < 0) return false;
+    const int start = P.off[p];
+    tok0 = start + j * BN;
+    ntok = min(BN, P.off[p + 1] - tok0);
+    if (start < 0 || tok0 >= P.max_rows) return false;
+    ntok = min(ntok, P.max_rows - tok0);
+    const int m = P.mat ? P.mat[p] : p;
+    if (m < 0 || m >= P.n_mats) {
+        for (int i = threadIdx.x; i < ntok * nrow; i += kThreads) {
+            const int t = i / nrow, r = i - t * nrow;
+            P.y[(int64_t)(tok0 + t) * P.ys + row0 + r] = __int_as_float(0x7fc00000);
+        }
+        return false;
+    }
+    wbase = P.w + (uint64_t)m * P.mat_stride + (uint64_t)row0 * P.row_bytes;
+    return true;
+}
+
+// The tile's activation row addresses (v2, v3): rows past ntok point at P.x (never staged;
+// their zero slots decode to zeros).
+template <int BN>
+__device__ __forceinline__ void tile_xrows(const Params &P, int tok0, int ntok, const uint8_t **s_xrow) {
+    for (int t = threadIdx.x; t < BN; t += kThreads) {
+        const int i = tok0 + t;
+        const int xi = t >= ntok ? 0 : P.x_idx ? P.x_idx[i] : i;
+        s_xrow[t] = P.x + (uint64_t)(int64_t)xi * P.x_stride;
+    }
+}
+
 template <int WT, int MT, int NT>
 __global__ void __launch_bounds__(kThreads, 1) mmq2_kernel(const __grid_constant__ Params P) {
     using C = Cfg2<WT, MT, NT>;
@@ -1082,29 +1121,9 @@ __global__ void __launch_bounds__(kThreads, 1) mmq2_kernel(const __grid_constant
     } else {
         pdl_wait();  // off / mat / x_idx are written by earlier kernels
         pdl_trigger();
-        int j = 0;
-        const int p = find_tile<BN>(P, tt, &j, s_warp, s_pj);
-        if (p < 0) return;  // past the last tile (block-uniform)
-        const int start = P.off[p];
-        tok0 = start + j * BN;
-        ntok = min(BN, P.off[p + 1] - tok0);
-        if (start < 0 || tok0 >= P.max_rows) return;  // off[] beyond the host's bound
-        ntok = min(ntok, P.max_rows - tok0);
-        const int m = P.mat ? P.mat[p] : p;
-        if (m < 0 || m >= P.n_mats) {
-            for (int i = tid; i < ntok * nrow; i += kThreads) {
-                const int t = i / nrow, r = i - t * nrow;
-                P.y[(int64_t)(tok0 + t) * P.ys + row0 + r] = __int_as_float(0x7fc00000);
-            }
-            return;
-        }
-        wbase = P.w + (uint64_t)m * P.mat_stride + (uint64_t)row0 * P.row_bytes;
+        if (!grouped_tile<BN>(P, tt, row0, nrow, s_warp, s_pj, tok0, ntok, wbase)) return;  // block-uniform
     }
-    for (int t = tid; t < BN; t += kThreads) {  // rows past ntok: P.x (never staged; decoded from zero slots)
-        const int i = tok0 + t;
-        const int xi = t >= ntok ? 0 : P.x_idx ? P.x_idx[i] : i;
-        s_xrow[t] = P.x + (uint64_t)(int64_t)xi * P.x_stride;
-    }
+    tile_xrows<BN>(P, tok0, ntok, s_xrow);
     __syncthreads();  // s_xrow, IQ2 tables
     const uint32_t wlo = (uint32_t)(uintptr_t)wbase;
     const int nxw = ntok - warp * XR;  // this warp's token rows that exist
@@ -1524,29 +1543,9 @@ __global__ void __launch_bounds__(kThreads, 1) mmq3_kernel(const __grid_constant
     } else {
         pdl_wait();  // off / mat / x_idx are written by earlier kernels
         pdl_trigger();
-        int j = 0;
-        const int p = find_tile<BN>(P, tt, &j, s_warp, s_pj);
-        if (p < 0) return;  // past the last tile (block-uniform)
-        const int start = P.off[p];
-        tok0 = start + j * BN;
-        ntok = min(BN, P.off[p + 1] - tok0);
-        if (start < 0 || tok0 >= P.max_rows) return;  // off[] beyond the host's bound
-        ntok = min(ntok, P.max_rows - tok0);
-        const int m = P.mat ? P.mat[p] : p;
-        if (m < 0 || m >= P.n_mats) {
-            for (int i = tid; i < ntok * nrow; i += kThreads) {
-                const int t = i / nrow, r = i - t * nrow;
-                P.y[(int64_t)(tok0 + t) * P.ys + row0 + r] = __int_as_float(0x7fc00000);
-            }
-            return;
-        }
-        wbase = P.w + (uint64_t)m * P.mat_stride + (uint64_t)row0 * P.row_bytes;
+        if (!grouped_tile<BN>(P, tt, row0, nrow, s_warp, s_pj, tok0, ntok, wbase)) return;  // block-uniform
     }
-    for (int t = tid; t < BN; t += kThreads) {  // rows past ntok: P.x (never staged; decoded from zero slots)
-        const int i = tok0 + t;
-        const int xi = t >= ntok ? 0 : P.x_idx ? P.x_idx[i] : i;
-        s_xrow[t] = P.x + (uint64_t)(int64_t)xi * P.x_stride;
-    }
+    tile_xrows<BN>(P, tok0, ntok, s_xrow);
     __syncthreads();  // s_xrow, the zeroed pad
     const int nxw = ntok - warp * XR;  // this warp's token rows that exist
     if (P.grouped) {
