@@ -106,8 +106,15 @@ int ds4_session_sync(ds4_session *s, const int32_t *tokens, int n, ds4_logits_cb
 typedef int (*ds4_progress_cb)(void *user, int done, int total);
 void ds4_session_set_progress(ds4_session *s, ds4_progress_cb cb, void *user);
 
-/* Logits after the last synced token (n_vocab floats), NULL when the timeline is empty. */
+/* Logits after the last synced token (n_vocab floats), NULL when the timeline is empty.
+ * On a GPU backend the row is copied to the host on the first call after a sync. */
 const float *ds4_session_logits(const ds4_session *s);
+/* The k (1..n_vocab) largest logits after the last synced token, highest first (ties to
+ * the lower id): ids[k], and vals[k] unless vals is NULL. Selected where the logits are
+ * (a GPU backend moves 8·k bytes instead of the n_vocab row), so greedy or top-k decoding
+ * that never calls ds4_session_logits leaves the row on the device. DS4_ERR_ARG when the
+ * session has no logits or k is out of range. */
+int ds4_session_top_k(ds4_session *s, int k, int32_t *ids, float *vals, char *err, size_t errlen);
 int ds4_session_n_tokens(const ds4_session *s);
 /* How many positions the last sync evaluated (0 when it only reused state). */
 int ds4_session_last_evaluated(const ds4_session *s);

@@ -317,6 +317,12 @@ struct ds4_backend {
      * The session asks with the model's head_dim / n_rot (idx_head_dim for indexer rows),
      * so ops without an n_rot argument (attention) decode attention rows with that n_rot. */
     size_t (*kv_row_bytes)(ds4_backend *be, int kind, int64_t hd, int n_rot);
+
+    /* topk_vals (optional; NULL: the session reads the whole row and selects on the host):
+     * topk's selection of x[0, n) — the k largest, ties to the lower index, ascending index
+     * order — written to the host arrays ids[k] with vals[k] = x[ids[j]], so that only
+     * 8·k bytes leave the backend (the output head's argmax / top-k). 1 <= k <= n. */
+    void (*topk_vals)(ds4_backend *be, const float *x, int n, int k, int32_t *ids, float *vals);
 };
 
 enum { DS4_KV_ROW_ATTN = 0, DS4_KV_ROW_INDEX = 1 };

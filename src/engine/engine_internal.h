@@ -103,7 +103,12 @@ struct ds4_session {
     int n_tokens;
     int last_evaluated;
     bool have_logits;
-    float *last_logits;   /* [n_vocab] host */
+    float *last_logits;   /* [n_vocab] host; stale while dev_logits is set */
+    /* the last position's logits row in backend memory, not yet copied to last_logits
+     * (NULL: last_logits is current). Read on first use (ds4_session_logits, snapshots),
+     * so a caller that only asks for the top-k (ds4_session_top_k) never moves the row. */
+    const float *dev_logits;
+    float *topk_vals;     /* [n_vocab] host scratch of ds4_session_top_k */
     ds4_layer_state *ls;  /* [n_layer] */
     ds4_progress_cb progress; /* ds4_session_set_progress; may be NULL */
     void *progress_user;
@@ -113,13 +118,16 @@ struct ds4_session {
 /* forward.c: evaluates tokens[0..n) at positions n_tokens.. n_tokens+n-1 (n <= chunk),
  * updating the decode state, and advances n_tokens. If all_logits, the logits of every
  * position are produced (passed to cb); else only those of the last position. The last
- * position's logits are copied to s->last_logits. Returns 0 or a negative status. */
+ * position's logits end in s->last_logits (with cb) or in backend memory at s->dev_logits
+ * (without: read lazily). Returns 0 or a negative status. */
 int ds4_forward_chunk(ds4_session *s, const int32_t *tokens, int n, bool all_logits, ds4_logits_cb cb, void *user);
 
 /* session.c: 0, or DS4_ERR_ARG with a message naming `what` when n is outside 1..ctx or a
  * token is outside the vocabulary. */
 int ds4_session_check_tokens(const ds4_session *s, const int32_t *tokens, int n, const char *what, char *err,
                              size_t errlen);
+/* session.c: copies a pending backend logits row (s->dev_logits) into s->last_logits. */
+void ds4_session_fetch_logits(const ds4_session *s);
 
 /* engine.c: inverse frequencies (HF semantics, MODEL.md §4.2) for n_rot dims. */
 void ds4_rope_inv_freq(float *out, int n_rot, double base, bool yarn, double factor, double beta_fast,

@@ -519,8 +519,10 @@ int ds4_forward_chunk(ds4_session *s, const int32_t *tok, int n, bool all_logits
 
     s->n_tokens += n;
     s->have_logits = true;
+    s->dev_logits = NULL;
     /* logits live in backend memory (device memory on CUDA): each row the callback sees
-     * is read into the host row s->last_logits, which ends holding the last position. */
+     * is read into the host row s->last_logits, which ends holding the last position;
+     * without a callback the last row stays there until someone asks (dev_logits). */
     const size_t row_bytes = (size_t)nv * sizeof(float);
     if (cb) {
         for (int t = 0; t < cnt; t++) {
@@ -532,6 +534,6 @@ int ds4_forward_chunk(ds4_session *s, const int32_t *tok, int n, bool all_logits
         }
         return 0;
     }
-    be->read(be, s->last_logits, sc->logits + (int64_t)(cnt - 1) * nv, row_bytes);
+    s->dev_logits = sc->logits + (int64_t)(cnt - 1) * nv;
     return 0;
 }

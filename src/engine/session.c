@@ -90,6 +90,7 @@ static void walk(ds4_session *s, const ds4_engine *e, const ds4_session_options 
     s->cap_raw = (int)(hp->n_win + W);
     s->tokens = take(pl, I(ctx), true);
     s->last_logits = take(pl, F(hp->n_vocab), true);
+    s->topk_vals = take(pl, F(hp->n_vocab), true);
     s->ls = take(pl, sizeof(ds4_layer_state) * hp->n_layer, true);
     for (uint32_t il = 0; il < hp->n_layer; il++) {
         const ds4_layer_weights *L = &e->model->layers[il];
@@ -226,6 +227,7 @@ void ds4_session_free(ds4_session *s) {
     free(s->ls);
     free(s->tokens);
     free(s->last_logits);
+    free(s->topk_vals);
     free(s);
 }
 
@@ -310,7 +312,53 @@ void ds4_session_set_progress(ds4_session *s, ds4_progress_cb cb, void *user) {
     s->progress_user = user;
 }
 
-const float *ds4_session_logits(const ds4_session *s) { return s->have_logits ? s->last_logits : NULL; }
+void ds4_session_fetch_logits(const ds4_session *s) {
+    if (!s->dev_logits) return;
+    /* logically const: the row is the same, only its host copy is made on first use */
+    ds4_session *m = (ds4_session *)s;
+    m->e->be->read(m->e->be, m->last_logits, m->dev_logits, (size_t)m->e->model->hp.n_vocab * sizeof(float));
+    m->dev_logits = NULL;
+}
+
+const float *ds4_session_logits(const ds4_session *s) {
+    if (!s->have_logits) return NULL;
+    ds4_session_fetch_logits(s);
+    return s->last_logits;
+}
+
+/* Orders (ids, vals) by value, highest first, ties to the lower id (insertion sort: k is
+ * small in practice, and the input is in ascending id order, so equal values keep it). */
+static void sort_desc(int32_t *ids, float *vals, int k) {
+    for (int i = 1; i < k; i++) {
+        const int32_t id = ids[i];
+        const float v = vals[i];
+        int j = i - 1;
+        while (j >= 0 && (vals[j] < v || (vals[j] == v && ids[j] > id))) {
+            ids[j + 1] = ids[j];
+            vals[j + 1] = vals[j];
+            j--;
+        }
+        ids[j + 1] = id;
+        vals[j + 1] = v;
+    }
+}
+
+int ds4_session_top_k(ds4_session *s, int k, int32_t *ids, float *vals, char *err, size_t errlen) {
+    const int nv = (int)s->e->model->hp.n_vocab;
+    ds4_backend *be = s->e->be;
+    if (!s->have_logits) return ds4_err(err, errlen, DS4_ERR_ARG, "top_k: the session has no logits");
+    if (k < 1 || k > nv || !ids) return ds4_err(err, errlen, DS4_ERR_ARG, "top_k: k must be in 1..%d (got %d)", nv, k);
+    float *v = vals ? vals : s->topk_vals;
+    if (s->dev_logits && be->topk_vals) {
+        be->topk_vals(be, s->dev_logits, nv, k, ids, v);
+    } else {
+        ds4_session_fetch_logits(s);
+        ds4_topk_host(s->last_logits, nv, k, ids);
+        for (int j = 0; j < k; j++) v[j] = s->last_logits[ids[j]];
+    }
+    sort_desc(ids, v, k);
+    return 0;
+}
 int ds4_session_n_tokens(const ds4_session *s) { return s->n_tokens; }
 int ds4_session_last_evaluated(const ds4_session *s) { return s->last_evaluated; }
 
@@ -389,6 +437,7 @@ int ds4_session_snapshot(const ds4_session *s, void *buf, size_t cap, size_t *wr
     size_t off = sizeof h;
     memcpy(b + off, s->tokens, I(s->n_tokens));
     off += I(s->n_tokens);
+    ds4_session_fetch_logits(s);
     memcpy(b + off, s->last_logits, F(hp->n_vocab));
     off += F(hp->n_vocab);
     io_ctx io = {s->e->be, b, off, true};
@@ -434,6 +483,7 @@ int ds4_session_restore(ds4_session *s, const void *buf, size_t n, char *err, si
     regions(s, h.n_tokens, io_region, &io);
     s->n_tokens = h.n_tokens;
     s->have_logits = h.have_logits && h.n_tokens > 0;
+    s->dev_logits = NULL;
     s->last_evaluated = 0;
     return 0;
 }

@@ -103,6 +103,7 @@ int ds4_session_fill_synthetic(ds4_session *s, const int32_t *tokens, int n, uin
     memcpy(s->tokens, tokens, (size_t)n * sizeof(int32_t));
     s->n_tokens = n;
     s->have_logits = false;
+    s->dev_logits = NULL;
     s->last_evaluated = 0;
     return 0;
 }

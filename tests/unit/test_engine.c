@@ -184,6 +184,73 @@ DS4_TEST(engine_last_row_only_prefill_equals_all_rows) {
     }
 }
 
+/* ds4_session_top_k against a definition (a full sort of ds4_session_logits' row, value
+ * descending, ties to the lower id), before and after the row is fetched, for k = 1, a few,
+ * and the whole vocabulary; bad arguments are errors; a snapshot taken while the row is
+ * still pending carries the same logits. */
+static int cmp_desc_idx(const float *l, int32_t a, int32_t b) {
+    return l[a] != l[b] ? (l[a] > l[b] ? -1 : 1) : (a < b ? -1 : a > b);
+}
+
+DS4_TEST(engine_session_top_k_matches_sorted_logits) {
+    tm_opts o;
+    tm_default(&o);
+    ds4_engine *e = open_tm(&o, "topk", false, 2);
+    REQUIRE(e != NULL);
+    ds4_session_options so;
+    ds4_session_options_default(&so);
+    so.ctx = 128;
+    so.prefill_chunk = 16;
+    ds4_session *s = NULL, *r = NULL;
+    char err[256];
+    REQUIRE(ds4_session_create(&s, e, &so, err, sizeof err) == 0);
+    REQUIRE(ds4_session_create(&r, e, &so, err, sizeof err) == 0);
+    int32_t ids[TM_VOCAB], ref[TM_VOCAB];
+    float vals[TM_VOCAB], full[TM_VOCAB];
+    CHECK(ds4_session_top_k(s, 1, ids, vals, err, sizeof err) == DS4_ERR_ARG, "no logits yet must be an error");
+    int32_t tok[50];
+    seq(tok, 50, 5);
+    for (int n = 30; n <= 33; n++) {
+        REQUIRE(ds4_session_sync(s, tok, n, NULL, NULL, err, sizeof err) == 0);
+        /* a snapshot while the row is pending, restored elsewhere: same logits */
+        size_t need = ds4_session_snapshot_size(s), w = 0;
+        uint8_t *snap = malloc(need);
+        REQUIRE(snap != NULL);
+        REQUIRE(ds4_session_snapshot(s, snap, need, &w, err, sizeof err) == 0);
+        REQUIRE(ds4_session_restore(r, snap, w, err, sizeof err) == 0);
+        free(snap);
+        const int ks[] = {1, 3, 17, TM_VOCAB};
+        for (int pass = 0; pass < 2; pass++) { /* pass 0: before ds4_session_logits; 1: after */
+            for (int c = 0; c < 4; c++) {
+                const int k = ks[c];
+                REQUIRE(ds4_session_top_k(s, k, ids, vals, err, sizeof err) == 0);
+                if (pass == 0 && c == 0) continue; /* compared below, once the row is read */
+                const float *l = ds4_session_logits(s);
+                for (int i = 0; i < TM_VOCAB; i++) ref[i] = i;
+                for (int i = 1; i < TM_VOCAB; i++) /* insertion sort by the definition */
+                    for (int j = i; j > 0 && cmp_desc_idx(l, ref[j], ref[j - 1]) < 0; j--) {
+                        const int32_t t = ref[j];
+                        ref[j] = ref[j - 1];
+                        ref[j - 1] = t;
+                    }
+                bool same = true;
+                for (int j = 0; j < k; j++) same = same && ids[j] == ref[j] && vals[j] == l[ref[j]];
+                CHECK(same, "n %d pass %d k %d: top-k differs from the sorted row", n, pass, k);
+            }
+            if (pass == 0) memcpy(full, ds4_session_logits(s), sizeof full);
+        }
+        CHECK(memcmp(full, ds4_session_logits(r), sizeof full) == 0, "n %d: restored logits differ", n);
+        int32_t one;
+        REQUIRE(ds4_session_top_k(s, 1, &one, NULL, err, sizeof err) == 0); /* vals may be NULL */
+        CHECK(one == ids[0] || full[one] == full[ids[0]], "n %d: argmax with vals NULL", n);
+    }
+    CHECK(ds4_session_top_k(s, 0, ids, vals, err, sizeof err) == DS4_ERR_ARG, "k 0");
+    CHECK(ds4_session_top_k(s, TM_VOCAB + 1, ids, vals, err, sizeof err) == DS4_ERR_ARG, "k > n_vocab");
+    ds4_session_free(s);
+    ds4_session_free(r);
+    ds4_engine_close(e);
+}
+
 /* Rewind then diverge == fresh computation of the new timeline; within W the rewind
  * re-evaluates only the new suffix, beyond W the session rebuilds. */
 DS4_TEST(engine_rewind_within_and_beyond_w) {
