@@ -114,5 +114,6 @@ void ops_batch_indexer(ds4_backend *C, ds4_backend *G, const char *mode);  // op
 void ops_batch_attn(ds4_backend *C, ds4_backend *G, const char *mode);     // ops_attnn.cu: attention_n
 void ops_batch_moe(ds4_backend *C, ds4_backend *G, const char *mode);      // ops_moen.cu: large-chunk matmuls, moe_routed
 void ops_kv_decode(ds4_backend *C, ds4_backend *G, const char *mode);      // ops_kv_dec.cu: compact rows in attention_ex, indexer_scores
+void ops_topk_vals(ds4_backend *C, ds4_backend *G, const char *mode);     // ops_topkv.cu: topk_vals (output-head top-k)
 
 #endif

@@ -283,6 +283,7 @@ static void run(ds4_backend *C, ds4_backend *G, const char *mode) {
     ops_batch_moe(C, G, mode);
     ops_kv(C, G, mode);
     ops_kv_decode(C, G, mode);
+    ops_topk_vals(C, G, mode);
 }
 
 // --cpu-self: both sides on the CPU backend (checks the harness itself without a GPU:

@@ -1517,6 +1517,11 @@ void cu_topk(ds4_backend *be, const float *score, int n, int k, int32_t *idx) {
     ds4_topk_host(im->h_score, n, k, idx);
 }
 
+void cu_topk_vals(ds4_backend *be, const float *x, int n, int k, int32_t *ids, float *vals) {
+    PROF(TOPK);
+    ds4cu_topk_vals(be, x, n, k, ids, vals);
+}
+
 void cu_fp8_sim(ds4_backend *be, float *x, int64_t rs, int n_rows, int64_t n) {
     PROF(FP8_SIM);
     const int64_t tot = (n + 63) / 64 * n_rows;
@@ -1855,6 +1860,7 @@ extern "C" int ds4_backend_cuda_create(ds4_backend **out, const ds4_model *m, ds
     be->attention = cu_attention;
     be->indexer_scores = cu_indexer_scores;
     be->topk = cu_topk;
+    be->topk_vals = cu_topk_vals;
     be->fp8_sim = cu_fp8_sim;
     be->hadamard_fp4_sim = cu_hadamard_fp4_sim;
     be->round_f16 = cu_round_f16;

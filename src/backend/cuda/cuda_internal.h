@@ -47,9 +47,10 @@ void *stage(ds4_backend *be, const void *host, size_t bytes);
 // compress_rows staged tables.
 // Compact rows (kv_rows.cu): SCR_KV_DEC: the generic attention op's rows_b decoded to f32;
 // SCR_KV_ENC: compress_rows' huge-row fallback row before it is encoded.
+// SCR_TOPKV: topk_vals' per-block argmax words / selected indices and values.
 enum ScratchSlot {
     SCR_HC = 0, SCR_ATT, SCR_MOE, SCR_MOE_SHARED, SCR_MOE_GROUP,
-    SCR_ACTQ, SCR_MOE_PF, SCR_IDX, SCR_ATTN_N, SCR_QKV_N, SCR_KV_DEC, SCR_KV_ENC, SCR_COUNT
+    SCR_ACTQ, SCR_MOE_PF, SCR_IDX, SCR_ATTN_N, SCR_QKV_N, SCR_KV_DEC, SCR_KV_ENC, SCR_TOPKV, SCR_COUNT
 };
 void *scratch(ds4_backend *be, int slot, size_t bytes);
 // kCounters unsigned ints of device memory, zero at creation. A kernel that uses one
@@ -113,6 +114,8 @@ void ds4cu_matmul_multi(ds4_backend *be, int n, const ds4_tensor *const *W, floa
                         const float *x, int64_t xs, int n_tok);
 // fused_attn.cu
 void ds4cu_topk_dev(ds4_backend *be, const float *score, int n, int k, int32_t *idx);
+// topk_vals.cu: backend.h topk_vals (SCR_TOPKV: its partials / indices and values).
+void ds4cu_topk_vals(ds4_backend *be, const float *x, int n, int k, int32_t *ids, float *vals);
 void ds4cu_attention_ex(ds4_backend *be, const float *q, int n_head, int64_t hd, const float *rows_a,
                         const int32_t *ia, int na, const float *rows_b, const int32_t *ib, int nb, bool ib_dev,
                         const float *sinks, float scale, int n_rot, int64_t pos, const float *inv_freq, float *out);
