@@ -92,13 +92,16 @@ typedef int (*ds4_logits_cb)(void *user, int pos, const float *logits, int n_voc
  * and evaluates the rest in chunks. Afterwards ds4_session_logits() holds the logits of
  * position n-1. cb (may be NULL) receives the logits of every position evaluated by this
  * call (asking for them costs an LM head per position). n must be in 1..ctx and every
- * id < n_vocab. On error the session is left empty (n_tokens 0). */
+ * id < n_vocab. On error the session is left empty (n_tokens 0). On a GPU backend the call
+ * may return once its work is queued (without cb): ds4_session_logits, ds4_session_top_k,
+ * a snapshot or the next sync wait for it. */
 int ds4_session_sync(ds4_session *s, const int32_t *tokens, int n, ds4_logits_cb cb, void *user, char *err, size_t errlen);
 
 /* Prefill progress and cancellation for ds4_session_sync (set per session; cb NULL
  * removes it). Called with (0, total) before the first chunk a sync evaluates, then
  * after every chunk with the positions this sync has evaluated so far; total is what
- * the call evaluates (not what it reused), done == total on the last call. Not called
+ * the call evaluates (not what it reused; on a GPU backend, queued for evaluation),
+ * done == total on the last call. Not called
  * when a sync evaluates nothing. A non-zero return before the last call stops the sync
  * at a chunk boundary: it returns -8 ("cancelled") and the timeline keeps the prefix
  * evaluated so far (a valid state that the next sync extends or rewinds), without

@@ -350,6 +350,23 @@ static int32_t argmax_not(const float *lg, int n, int32_t skip) {
     return best;
 }
 
+/* The next greedy token, EOS excluded: from the host row lg when given, else the top two
+ * selected where the logits are (ds4_session_top_k; their values' finiteness counted). */
+static int pick_next(ds4_session *s, const float *lg, int nv, int32_t eos, int32_t *next, int *nonfinite, char *err,
+                     size_t errlen) {
+    if (lg) {
+        *next = argmax_not(lg, nv, eos);
+        return 0;
+    }
+    int32_t top[2];
+    float tv[2];
+    int rc = ds4_session_top_k(s, 2, top, tv, err, errlen);
+    if (rc < 0) return rc;
+    *next = top[0] != eos ? top[0] : top[1];
+    *nonfinite += !isfinite(tv[0]) + !isfinite(tv[1]);
+    return 0;
+}
+
 static int synth_vocab_cb(ds4_gguf_writer *w, void *user, uint32_t n_vocab, uint32_t bos, uint32_t eos, char *err,
                           size_t errlen) {
     return ds4_quantize_write_vocab(w, NULL, n_vocab, bos, eos, err, errlen);
@@ -508,8 +525,9 @@ int main(int argc, char **argv) {
             fprintf(stderr, "ds4-bench: prefill to %d: %s\n", f, err);
             goto done;
         }
-        double t_pre = now_s() - t0, c_pre = cpu_s() - c0;
+        /* a sync returns once its work is queued: the prefill ends when its logits exist */
         const float *lg = ds4_session_logits(s);
+        double t_pre = now_s() - t0, c_pre = cpu_s() - c0;
         for (int i = 0; i < nv; i++) nonfinite += !isfinite(lg[i]);
         if (lout) fwrite(lg, sizeof(float), (size_t)nv, lout);
         size_t need = ds4_session_snapshot_size(s), written = 0;
@@ -526,32 +544,30 @@ int main(int argc, char **argv) {
             fprintf(stderr, "ds4-bench: snapshot: %s\n", err);
             goto done;
         }
+        /* greedy, EOS excluded: the top two on the device (ds4_session_top_k) unless the
+         * whole rows are wanted (--logits-out); then each row's finiteness is checked in
+         * full, else the selected values' (the frontier's row above is always checked).
+         * A step = sync + its selection, which waits for the step's work. */
+        int32_t next_tok = -1;
+        if (o.gen_tokens > 0 && pick_next(s, lout ? lg : NULL, nv, eos, &next_tok, &nonfinite, err, sizeof err) < 0) {
+            fprintf(stderr, "ds4-bench: top-k at %d: %s\n", f, err);
+            goto done;
+        }
         double t1 = now_s(), c1 = cpu_s();
         for (int g = 0; g < o.gen_tokens; g++) {
-            /* greedy, EOS excluded: the top two on the device (ds4_session_top_k) unless the
-             * whole rows are wanted (--logits-out); then the row's finiteness is checked in
-             * full, else the selected values' (the frontier's row above is always checked) */
-            int32_t id, top[2];
-            float tv[2];
-            if (lout) {
-                id = argmax_not(ds4_session_logits(s), nv, eos);
-            } else {
-                if (ds4_session_top_k(s, 2, top, tv, err, sizeof err) < 0) {
-                    fprintf(stderr, "ds4-bench: top-k at %d: %s\n", f + g, err);
-                    goto done;
-                }
-                id = top[0] != eos ? top[0] : top[1];
-                nonfinite += !isfinite(tv[0]) + !isfinite(tv[1]);
-            }
-            work[f + g] = id;
+            work[f + g] = next_tok;
             if (ds4_session_sync(s, work, f + g + 1, NULL, NULL, err, sizeof err) < 0) {
                 fprintf(stderr, "ds4-bench: decode at %d: %s\n", f + g, err);
                 goto done;
             }
+            lg = lout ? ds4_session_logits(s) : NULL;
             if (lout) {
-                lg = ds4_session_logits(s);
                 for (int i = 0; i < nv; i++) nonfinite += !isfinite(lg[i]);
                 fwrite(lg, sizeof(float), (size_t)nv, lout);
+            }
+            if (pick_next(s, lg, nv, eos, &next_tok, &nonfinite, err, sizeof err) < 0) {
+                fprintf(stderr, "ds4-bench: top-k at %d: %s\n", f + g + 1, err);
+                goto done;
             }
         }
         double t_gen = now_s() - t1, c_gen = cpu_s() - c1;
