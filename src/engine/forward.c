@@ -234,8 +234,9 @@ static void moe(ds4_session *s, int il, const int32_t *tok, int n) {
  * when b <= W + 1, and cap_c = round_up(W + 2R, R) holds every entry its closing windows
  * pool (from (w0 − 1)·R) when b <= W. Returns false (nothing done) when the backend lacks
  * the ops; the caller then runs the per-token chain. Reads sc->q / kv / cproj / iproj / iq
- * / iw of the chunk, leaves each token's attention output in sc->ao. */
-static bool attention_batched(ds4_session *s, int il, int n) {
+ * / iw of the chunk, leaves the attention output of the last n_out tokens (the others' are
+ * not needed: attention_layer) in their sc->ao rows. */
+static bool attention_batched(ds4_session *s, int il, int n, int n_out) {
     ds4_engine *e = s->e;
     ds4_backend *be = e->be;
     const ds4_hparams *hp = &e->model->hp;
@@ -283,13 +284,17 @@ static bool attention_batched(ds4_session *s, int il, int n) {
                                       e->inv_freq_comp, !e->exact, true, w0, w1, ls->icomp);
             }
         }
-        const bool sel = csa && (pb + b) / R > topk; /* some token of the sub-batch selects */
+        /* the sub-batch's tokens whose attention output is needed: [a0, b) */
+        const int a0 = n - n_out > t0 ? n - n_out - t0 : 0;
+        if (a0 >= b) continue;
+        const int64_t ta = t0 + a0, na = b - a0;
+        const bool sel = csa && (pb + b) / R > topk; /* some of those tokens select */
         if (sel)
-            be->indexer_topk(be, sc->iq + t0 * inh * ihd, inh * ihd, sc->iw + t0 * inh, inh, idx_scale, (int)inh, ihd,
-                             ls->icomp, R, pb, b, topk, sc->comp_idx_dev);
-        be->attention_n(be, sc->q + t0 * qd, qd, (int)nh, hd, ls->raw, s->cap_raw, (int)hp->n_win, R ? ls->comp : NULL,
-                        R, sel ? sc->comp_idx_dev : NULL, topk, v->sinks, att_scale, n_rot, pb, b, inv,
-                        sc->ao + t0 * qd, qd);
+            be->indexer_topk(be, sc->iq + ta * inh * ihd, inh * ihd, sc->iw + ta * inh, inh, idx_scale, (int)inh, ihd,
+                             ls->icomp, R, pb + a0, (int)na, topk, sc->comp_idx_dev);
+        be->attention_n(be, sc->q + ta * qd, qd, (int)nh, hd, ls->raw, s->cap_raw, (int)hp->n_win, R ? ls->comp : NULL,
+                        R, sel ? sc->comp_idx_dev : NULL, topk, v->sinks, att_scale, n_rot, pb + a0, (int)na, inv,
+                        sc->ao + ta * qd, qd);
     }
     return true;
 }
@@ -445,7 +450,7 @@ static void attention_layer(ds4_session *s, int il, int n, bool post_first, int 
 #undef ADD
         matmul_set(be, cnt, W, y, ys, sc->qr, ql, n);
     }
-    if (!(n >= 2 && attention_batched(s, il, n))) attention_per_token(s, il, n);
+    if (!(n >= 2 && attention_batched(s, il, n, n_out))) attention_per_token(s, il, n);
     /* grouped output projection (§7.9) */
     const int64_t G = hp->n_out_group, ol = hp->o_lora_rank, gin = qd / G;
     const float *ao = sc->ao + (int64_t)(n - n_out) * qd;
