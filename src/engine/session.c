@@ -7,6 +7,7 @@
  * sizes, snapshots and checks them by bytes. Must not: contain layer math (forward.c) or
  * know backend internals (the compact byte layout is kv_fmt.h's).
  */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -326,21 +327,41 @@ const float *ds4_session_logits(const ds4_session *s) {
     return s->last_logits;
 }
 
-/* Orders (ids, vals) by value, highest first, ties to the lower id (insertion sort: k is
- * small in practice, and the input is in ascending id order, so equal values keep it). */
+/* Selection order of ds4_topk_host: (va, a) ranks before (vb, b) when va > vb, equal
+ * values (−0 == +0) by the lower id, NaN after every number. */
+static bool ranks_before(float va, int32_t a, float vb, int32_t b) {
+    if (va == vb) return a < b;
+    if (isnan(vb)) return !isnan(va) || a < b;
+    if (isnan(va)) return false;
+    return va > vb;
+}
+
+/* Orders (ids, vals) best first (heapsort: k may be the whole vocabulary; no allocation). */
 static void sort_desc(int32_t *ids, float *vals, int k) {
-    for (int i = 1; i < k; i++) {
-        const int32_t id = ids[i];
-        const float v = vals[i];
-        int j = i - 1;
-        while (j >= 0 && (vals[j] < v || (vals[j] == v && ids[j] > id))) {
-            ids[j + 1] = ids[j];
-            vals[j + 1] = vals[j];
-            j--;
+    /* max-heap on "ranks after": the root is the element that goes last */
+#define AFTER(i, j) ranks_before(vals[j], ids[j], vals[i], ids[i])
+#define SWAP(i, j)                                                                                     \
+    do {                                                                                               \
+        const int32_t ti = ids[i];                                                                     \
+        const float tv = vals[i];                                                                      \
+        ids[i] = ids[j], vals[i] = vals[j], ids[j] = ti, vals[j] = tv;                                  \
+    } while (0)
+    for (int end = k; end > 1; end--) {
+        for (int root = (end == k ? end / 2 - 1 : 0); root >= 0; root--) {
+            for (int c = root;;) {
+                int l = 2 * c + 1, w = c;
+                if (l < end && AFTER(l, w)) w = l;
+                if (l + 1 < end && AFTER(l + 1, w)) w = l + 1;
+                if (w == c) break;
+                SWAP(c, w);
+                c = w;
+            }
+            if (end != k) break; /* after the build, only the root sifts down */
         }
-        ids[j + 1] = id;
-        vals[j + 1] = v;
+        SWAP(0, end - 1);
     }
+#undef AFTER
+#undef SWAP
 }
 
 int ds4_session_top_k(ds4_session *s, int k, int32_t *ids, float *vals, char *err, size_t errlen) {
