@@ -318,6 +318,43 @@ __device__ __forceinline__ void decode_acts(const Params &P, uint8_t *sm, const 
     }
 }
 
+// The float term of ds4_dot_q for one K-quant superblock, shared by v1 / v2 / v3 so every
+// variant forms it with the CPU's operations in its order (no contraction):
+//   IQ2_XXS: d·(float)bsum·0.125f with d = f16(w.d)·x.d;
+//   Q2_K / Q4_K: dall·(float)isum − dmin·(float)summs with dall = x.d·d, dmin = x.d·dmin.
+// isum: the superblock's integer sum (Q2_K: biased by kMagic, |isum| < 2^22 — the chain
+// starts at kMagic); cs: Σ min·bsums biased by kMagic (|summs| < 2^22); unused for IQ2_XXS.
+template <int WT>
+__device__ __forceinline__ float kq_term(float xd, float dw, float dmin, int isum, int cs) {
+    if constexpr (WT == W_IQ2) {
+        (void)dmin;
+        (void)cs;
+        const float d = __fmul_rn(dw, xd);
+        return __fmul_rn(__fmul_rn(d, __int2float_rn(isum)), 0.125f);
+    } else {
+        const float isf = WT == W_Q2_K ? __int_as_float(isum) - kMagicF : __int2float_rn(isum);
+        const float smf = __int_as_float(cs) - kMagicF;
+        const float dall = __fmul_rn(xd, dw), dmn = __fmul_rn(xd, dmin);
+        return __fsub_rn(__fmul_rn(dall, isf), __fmul_rn(dmn, smf));
+    }
+}
+
+// B fragments of k32 step kk of the swizzled activation tile (v2, v3): n8 tiles 2np, 2np + 1
+// from one ldmatrix.x4 at the warp's token rows (b_addr); tiles past nv (no tokens) are
+// zeros without a load unless FULL.
+template <int NT, bool FULL>
+__device__ __forceinline__ void load_b2(uint32_t (&b)[NT][2], uint32_t b_addr, int kk, int bhi, int x7, int nv) {
+#pragma unroll
+    for (int np = 0; np < NT / 2; np++) {
+        uint32_t r[4] = {0, 0, 0, 0};
+        if (FULL || 2 * np < nv) ldsm_x4(r, b_addr + np * 16 * 256 + (((2 * kk + bhi) ^ x7) << 4));
+        b[2 * np][0] = r[0];
+        b[2 * np][1] = r[1];
+        b[2 * np + 1][0] = r[2];
+        b[2 * np + 1][1] = r[3];
+    }
+}
+
 // ---- the tensor-core step ----------------------------------------------------------------
 
 template <int WT, int NT>
@@ -449,20 +486,8 @@ __device__ __forceinline__ void mma_step(const uint8_t *sm, float (&acc)[2][NT][
 #pragma unroll
             for (int i = 0; i < 4; i++) {
                 const float xd = (i & 1) ? tx.y : tx.x;
-                const float dw = wd[r + 8 * (i >> 1)];
-                float term;
-                if constexpr (WT == W_IQ2) {
-                    // d = f16(w.d)·x.d; d·(float)bsum·0.125f
-                    const float d = __fmul_rn(dw, xd);
-                    term = __fmul_rn(__fmul_rn(d, __int2float_rn(isum[mt][nt][i])), 0.125f);
-                } else {
-                    // dall·(float)isum − dmin·(float)summs, dall = x.d·d, dmin = x.d·dmin
-                    const float isf = WT == W_Q2_K ? __int_as_float(isum[mt][nt][i]) - kMagicF : __int2float_rn(isum[mt][nt][i]);
-                    const float smf = __int_as_float(cs[i]) - kMagicF;  // |summs| < 2^22
-                    const float dall = __fmul_rn(xd, dw), dmn = __fmul_rn(xd, wd[kBM + r + 8 * (i >> 1)]);
-                    term = __fsub_rn(__fmul_rn(dall, isf), __fmul_rn(dmn, smf));
-                }
-                acc[mt][nt][i] = __fadd_rn(acc[mt][nt][i], term);
+                const float dw = wd[r + 8 * (i >> 1)], dmin = WT == W_IQ2 ? 0.0f : wd[kBM + r + 8 * (i >> 1)];
+                acc[mt][nt][i] = __fadd_rn(acc[mt][nt][i], kq_term<WT>(xd, dw, dmin, isum[mt][nt][i], cs[i]));
             }
         }
     }
@@ -869,15 +894,7 @@ __device__ __forceinline__ void mma2(const uint8_t *tb, float (&acc)[MT][NT][4],
         uint32_t a[MT][4], b[NT][2];
 #pragma unroll
         for (int mt = 0; mt < MT; mt++) ldsm_x4(a[mt], a_addr + mt * 16 * 256 + (((2 * kk + ahi) ^ x7) << 4));
-#pragma unroll
-        for (int np = 0; np < NT / 2; np++) {
-            uint32_t r[4] = {0, 0, 0, 0};
-            if (FULL || 2 * np < nv) ldsm_x4(r, b_addr + np * 16 * 256 + (((2 * kk + bhi) ^ x7) << 4));
-            b[2 * np][0] = r[0];
-            b[2 * np][1] = r[1];
-            b[2 * np + 1][0] = r[2];
-            b[2 * np + 1][1] = r[3];
-        }
+        load_b2<NT, FULL>(b, b_addr, kk, bhi, x7, nv);
         if constexpr (WT == W_Q8_0) {
             float rw[2 * MT], tx[2 * NT];
             const float *dw = (const float *)(tb + C::T_WD) + kk * kBM + prow;
@@ -976,18 +993,8 @@ __device__ __forceinline__ void mma2(const uint8_t *tb, float (&acc)[MT][NT][4],
 #pragma unroll
             for (int i = 0; i < 4; i++) {
                 const float xd = tx[2 * nt + (i & 1)];
-                const float dw = dwr[2 * mt + (i >> 1)];
-                float term;
-                if constexpr (WT == W_IQ2) {
-                    const float d = __fmul_rn(dw, xd);
-                    term = __fmul_rn(__fmul_rn(d, __int2float_rn(isum[mt][nt][i])), 0.125f);
-                } else {
-                    const float isf = WT == W_Q2_K ? __int_as_float(isum[mt][nt][i]) - kMagicF : __int2float_rn(isum[mt][nt][i]);
-                    const float smf = __int_as_float(cs[i]) - kMagicF;
-                    const float dall = __fmul_rn(xd, dw), dmn = __fmul_rn(xd, dmr[2 * mt + (i >> 1)]);
-                    term = __fsub_rn(__fmul_rn(dall, isf), __fmul_rn(dmn, smf));
-                }
-                acc[mt][nt][i] = __fadd_rn(acc[mt][nt][i], term);
+                const float dw = dwr[2 * mt + (i >> 1)], dmin = WT == W_IQ2 ? 0.0f : dmr[2 * mt + (i >> 1)];
+                acc[mt][nt][i] = __fadd_rn(acc[mt][nt][i], kq_term<WT>(xd, dw, dmin, isum[mt][nt][i], cs[i]));
             }
         }
     }
@@ -1330,18 +1337,7 @@ __device__ __forceinline__ void mma3(const uint8_t *sm, const uint8_t *tb, const
 #pragma unroll
             for (int i = 0; i < 4; i++) isum[mt][nt][i] = WT == W_Q2_K ? (int)kMagic : 0;
 
-    // B fragments of sub-block kk: n8 tiles 2np, 2np+1 from one ldmatrix.x4 (as v2)
-    auto load_b = [&](int kk, uint32_t(&b)[NT][2]) {
-#pragma unroll
-        for (int np = 0; np < NT / 2; np++) {
-            uint32_t r[4] = {0, 0, 0, 0};
-            if (FULL || 2 * np < nv) ldsm_x4(r, b_addr + np * 16 * 256 + (((2 * kk + bhi) ^ x7) << 4));
-            b[2 * np][0] = r[0];
-            b[2 * np][1] = r[1];
-            b[2 * np + 1][0] = r[2];
-            b[2 * np + 1][1] = r[3];
-        }
-    };
+    auto load_b = [&](int kk, uint32_t(&b)[NT][2]) { load_b2<NT, FULL>(b, b_addr, kk, bhi, x7, nv); };
 
     if constexpr (WT == W_IQ2) {
         // block: f16 d, then per sub-block 8 bytes: 4 grid indices (aux0), 4 x 7-bit sign
@@ -1476,18 +1472,8 @@ __device__ __forceinline__ void mma3(const uint8_t *sm, const uint8_t *tb, const
 #pragma unroll
             for (int i = 0; i < 4; i++) {
                 const float xd = tx[2 * nt + (i & 1)];
-                const float d0 = dw[mt][i >> 1];
-                float term;
-                if constexpr (WT == W_IQ2) {
-                    const float d = __fmul_rn(d0, xd);
-                    term = __fmul_rn(__fmul_rn(d, __int2float_rn(isum[mt][nt][i])), 0.125f);
-                } else {
-                    const float isf = __int_as_float(isum[mt][nt][i]) - kMagicF;
-                    const float smf = __int_as_float(cs[i]) - kMagicF;
-                    const float dall = __fmul_rn(xd, d0), dmn = __fmul_rn(xd, dm[mt][i >> 1]);
-                    term = __fsub_rn(__fmul_rn(dall, isf), __fmul_rn(dmn, smf));
-                }
-                acc[mt][nt][i] = __fadd_rn(acc[mt][nt][i], term);
+                const float d0 = dw[mt][i >> 1], dmin = WT == W_IQ2 ? 0.0f : dm[mt][i >> 1];
+                acc[mt][nt][i] = __fadd_rn(acc[mt][nt][i], kq_term<WT>(xd, d0, dmin, isum[mt][nt][i], cs[i]));
             }
         }
     }
