@@ -15,6 +15,7 @@
 #include <errno.h>
 #include <stdarg.h>
 #include <inttypes.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -716,14 +717,24 @@ static void run_job(srv_job *j) {
         }
         /* §7.5 continued save before a decode step, not inside a DSML tool block */
         if (!po.tools_active || ds4_dsml_parser_state(parser) == DS4_DSML_OUTSIDE) kv_maybe_continued();
-        const float *logits = ds4_session_logits(W.session);
         int tok;
         if (forced.n) {
             tok = forced_i < forced.n ? forced.ids[forced_i++] : W.eos;
         } else {
             ds4_sample_params sp = j->sp;
             if (po.tools_active && ds4_dsml_state_greedy(ds4_dsml_parser_state(parser))) sp.temperature = 0;
-            tok = logits ? ds4_sample(logits, n_vocab, &sp, &rng, W.scratch, W.scratch_bytes) : -4;
+            /* greedy: the top logit selected where the logits live (a GPU moves 8 bytes,
+             * not the row); a finite one is ds4_sample_greedy's pick (largest finite, lowest
+             * id on ties), otherwise the sampler decides on the whole row */
+            int32_t top = -1;
+            float topv = 0;
+            if (!(sp.temperature > 0) && ds4_session_top_k(W.session, 1, &top, &topv, err, sizeof err) == 0 &&
+                isfinite(topv)) {
+                tok = top;
+            } else {
+                const float *logits = ds4_session_logits(W.session);
+                tok = logits ? ds4_sample(logits, n_vocab, &sp, &rng, W.scratch, W.scratch_bytes) : -4;
+            }
         }
         if (tok < 0) {
             fin = FIN_ERROR;
