@@ -1734,6 +1734,15 @@ void *scratch(ds4_backend *be, int slot, size_t bytes) {
 unsigned *counters(ds4_backend *be) { return IMPL(be)->d_counters; }
 bool exact(ds4_backend *be) { return be->numerics == DS4_NUM_EXACT; }
 bool kv_compact(ds4_backend *be) { return IMPL(be)->kv_compact; }
+int sm_count() {
+    static const int n = [] {
+        int dev = 0, v = 0;
+        DS4CU_CK(cudaGetDevice(&dev));
+        DS4CU_CK(cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev));
+        return v > 0 ? v : 1;
+    }();
+    return n;
+}
 void attention(ds4_backend *be, const float *q, int n_head, int64_t hd, const float *rows_a, const int32_t *ia,
                int na, const float *rows_b, const int32_t *ib, int nb, const float *sinks, float scale, int n_rot,
                float *out) {

@@ -61,6 +61,8 @@ enum CounterBase { CNT_HC = 0, CNT_TOPK = 1024, CNT_ATT = 2048, CNT_MV = 3072 };
 unsigned *counters(ds4_backend *be);
 // True in exact numerics (DS4_NUM_EXACT).
 bool exact(ds4_backend *be);
+// Multiprocessors of the current device (read once; launch sizing only, never values).
+int sm_count();
 // True when compressed rows (attention comp rows, indexer rows) are stored in the compact
 // layout of kv_fmt.h (backend.h kv_row_bytes): production numerics unless DS4_CUDA_KV=f32
 // or the test hook ds4_cuda_set_kv_compact turned it off. Every op taking such rows

@@ -690,16 +690,6 @@ void att_dispatch(cudaStream_t st, dim3 grid, const AttArgs &a, const AttIdx &ix
     }
 }
 
-int sm_count() {
-    static const int n = [] {
-        int dev = 0, v = 0;
-        DS4CU_CK(cudaGetDevice(&dev));
-        DS4CU_CK(cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev));
-        return v > 0 ? v : 1;
-    }();
-    return n;
-}
-
 }  // namespace
 
 void ds4cu_topk_dev(ds4_backend *be, const float *score, int n, int k, int32_t *idx) {
@@ -793,7 +783,7 @@ void ds4cu_attention_ex(ds4_backend *be, const float *q, int n_head, int64_t hd,
     // the chunk count fills the SMs for the head groups, chunks a multiple of the tile.
     const int N = na + nb;
     const int n_hg = (n_head + kHG - 1) / kHG;
-    int nch = sm_count() / n_hg;
+    int nch = ds4cu::sm_count() / n_hg;
     if (nch < 1) nch = 1;
     const int tiles = (N + kT - 1) / kT;
     if (nch > tiles) nch = tiles > 0 ? tiles : 1;

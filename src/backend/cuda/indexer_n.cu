@@ -395,16 +395,6 @@ __global__ void __launch_bounds__(kTkThreads, 2)
 // =====================================================================================
 // host side
 // =====================================================================================
-int sm_count() {
-    static const int n = [] {
-        int dev = 0, v = 0;
-        DS4CU_CK(cudaGetDevice(&dev));
-        DS4CU_CK(cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev));
-        return v > 0 ? v : 1;
-    }();
-    return n;
-}
-
 // What one call does: tokens [t_first, n_tok) select (n_vis > k); keys [0, nv_max) are read.
 struct Plan {
     int t_first = 0;
@@ -444,7 +434,7 @@ void launch_keys(ds4_backend *be, const float *keys, const Plan &pl, uint16_t *k
     const int64_t krb = key_bytes(be, kTcHd);
     const int64_t pairs = pl.n_pad * (kTcHd / 2);
     int64_t blocks = (pairs + 255) / 256;
-    if (blocks > 4 * (int64_t)sm_count() * 8) blocks = 4 * (int64_t)sm_count() * 8;
+    if (blocks > 4 * (int64_t)ds4cu::sm_count() * 8) blocks = 4 * (int64_t)ds4cu::sm_count() * 8;
     DS4CU_CK(ds4cu::launch(k_keys_bf16, dim3((unsigned)blocks), dim3(256), 0, ds4cu::stream(be), krb ? nullptr : keys,
                            krb ? (const uint8_t *)keys : nullptr, krb, pl.nv_max, pl.n_pad,
                            reinterpret_cast<uint32_t *>(kb)));
@@ -465,7 +455,7 @@ void launch_scores(ds4_backend *be, const float *q, int64_t qs, const float *w, 
         const int tiles = (te - tb + kTcTok - 1) / kTcTok;
         const int64_t ktiles = (nv_hi + kTcKeys - 1) / kTcKeys;
         // split the key range when the token tiles alone do not fill the GPU twice over
-        int64_t splits = ((int64_t)2 * sm_count() + tiles - 1) / tiles;
+        int64_t splits = ((int64_t)2 * ds4cu::sm_count() + tiles - 1) / tiles;
         if (splits > ktiles) splits = ktiles;
         if (splits < 1) splits = 1;
         const int64_t kps = (ktiles + splits - 1) / splits * kTcKeys;
