@@ -493,6 +493,88 @@ __device__ __forceinline__ void mma_step(const uint8_t *sm, float (&acc)[2][NT][
     }
 }
 
+// Grouped launches: (problem, tile) of token tile tt (tiles numbered problem by problem,
+// ceil(count/BN) each; a block-wide prefix sum over off[], 256 problems a pass). Returns
+// the problem (-1: past the last tile) and its tile index in *j. Block-uniform; has barriers.
+template <int BN>
+__device__ __forceinline__ int find_tile(const Params &P, int tt, int *j, int *s_warp, int *s_pj) {
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    if (tid == 0) {
+        s_pj[0] = -1;
+        s_pj[1] = 0;
+    }
+    int carry = 0;
+    for (int base = 0; base < P.n_prob; base += kThreads) {
+        const int q = base + tid;
+        const int c = q < P.n_prob ? P.off[q + 1] - P.off[q] : 0;
+        const int tiles = c > 0 ? (c + BN - 1) / BN : 0;
+        int v = tiles;
+#pragma unroll
+        for (int o = 1; o < 32; o <<= 1) {
+            const int t = __shfl_up_sync(0xffffffffu, v, o);
+            if (lane >= o) v += t;
+        }
+        if (lane == 31) s_warp[warp] = v;
+        __syncthreads();
+        int pre = 0, tot = 0;
+#pragma unroll
+        for (int w2 = 0; w2 < kThreads / 32; w2++) {
+            const int x = s_warp[w2];
+            pre += w2 < warp ? x : 0;
+            tot += x;
+        }
+        const int incl = carry + pre + v, excl = incl - tiles;
+        if (tiles > 0 && tt >= excl && tt < incl) {
+            s_pj[0] = q;
+            s_pj[1] = tt - excl;
+        }
+        carry += tot;
+        __syncthreads();
+        if (carry > tt) break;  // block-uniform
+    }
+    *j = s_pj[1];
+    return s_pj[0];
+}
+
+// Grouped launches (every variant; after pdl_wait: off / mat are earlier kernels' outputs): token
+// tile tt's first token, token count and matrix weight base (row0 of matrix mat[p]). False
+// (block-uniform) when the block has no tile — past the last one, or off[] beyond the host's
+// bound — or when the problem names no valid matrix: that tile's outputs are then written
+// as NaN here (cuda_mmq.h).
+template <int BN>
+__device__ __forceinline__ bool grouped_tile(const Params &P, int tt, int row0, int nrow, int *s_warp, int *s_pj,
+                                             int &tok0, int &ntok, const uint8_t *&wbase) {
+    int j = 0;
+    const int p = find_tile<BN>(P, tt, &j, s_warp, s_pj);
+    if (p < 0) return false;
+    const int start = P.off[p];
+    tok0 = start + j * BN;
+    ntok = min(BN, P.off[p + 1] - tok0);
+    if (start < 0 || tok0 >= P.max_rows) return false;
+    ntok = min(ntok, P.max_rows - tok0);
+    const int m = P.mat ? P.mat[p] : p;
+    if (m < 0 || m >= P.n_mats) {
+        for (int i = threadIdx.x; i < ntok * nrow; i += kThreads) {
+            const int t = i / nrow, r = i - t * nrow;
+            P.y[(int64_t)(tok0 + t) * P.ys + row0 + r] = __int_as_float(0x7fc00000);
+        }
+        return false;
+    }
+    wbase = P.w + (uint64_t)m * P.mat_stride + (uint64_t)row0 * P.row_bytes;
+    return true;
+}
+
+// The tile's activation row addresses (v2, v3): rows past ntok point at P.x (never staged;
+// their zero slots decode to zeros).
+template <int BN>
+__device__ __forceinline__ void tile_xrows(const Params &P, int tok0, int ntok, const uint8_t **s_xrow) {
+    for (int t = threadIdx.x; t < BN; t += kThreads) {
+        const int i = tok0 + t;
+        const int xi = t >= ntok ? 0 : P.x_idx ? P.x_idx[i] : i;
+        s_xrow[t] = P.x + (uint64_t)(int64_t)xi * P.x_stride;
+    }
+}
+
 // ---- the kernel ----------------------------------------------------------------------------
 
 template <int WT, int NT>
@@ -502,7 +584,7 @@ __global__ void __launch_bounds__(kThreads, 2) mmq_kernel(const __grid_constant_
     extern __shared__ __align__(16) uint8_t sm[];
     __shared__ const uint8_t *s_xrow[BN];
     __shared__ int s_warp[kThreads / 32];
-    __shared__ int s_p, s_j;
+    __shared__ int s_pj[2];
     __shared__ const uint8_t *s_wbase;  // block-uniform tile data, re-read after barriers
     __shared__ int s_nrow, s_ntok;      // instead of held in registers across the k loop
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -535,60 +617,9 @@ __global__ void __launch_bounds__(kThreads, 2) mmq_kernel(const __grid_constant_
     } else {
         pdl_wait();  // off / mat / x_idx are written by earlier kernels
         pdl_trigger();
-        // (problem, tile) of token tile tt: tiles are numbered problem by problem,
-        // ceil(count/BN) each; a block-wide prefix sum over off[], 256 problems a pass.
-        if (tid == 0) s_p = -1;
-        int carry = 0;
-        for (int base = 0; base < P.n_prob; base += kThreads) {
-            const int q = base + tid;
-            const int c = q < P.n_prob ? P.off[q + 1] - P.off[q] : 0;
-            const int tiles = c > 0 ? (c + BN - 1) / BN : 0;
-            int v = tiles;
-#pragma unroll
-            for (int o = 1; o < 32; o <<= 1) {
-                const int t = __shfl_up_sync(0xffffffffu, v, o);
-                if (lane >= o) v += t;
-            }
-            if (lane == 31) s_warp[warp] = v;
-            __syncthreads();
-            int pre = 0, tot = 0;
-#pragma unroll
-            for (int w2 = 0; w2 < kThreads / 32; w2++) {
-                const int x = s_warp[w2];
-                pre += w2 < warp ? x : 0;
-                tot += x;
-            }
-            const int incl = carry + pre + v, excl = incl - tiles;
-            if (tiles > 0 && tt >= excl && tt < incl) {
-                s_p = q;
-                s_j = tt - excl;
-            }
-            carry += tot;
-            __syncthreads();
-            if (carry > tt) break;  // block-uniform
-        }
-        const int p = s_p;
-        if (p < 0) return;  // past the last tile (block-uniform)
-        const int start = P.off[p];
-        tok0 = start + s_j * BN;
-        ntok = min(BN, P.off[p + 1] - tok0);
-        if (start < 0 || tok0 >= P.max_rows) return;  // off[] beyond the host's bound
-        ntok = min(ntok, P.max_rows - tok0);
-        const int m = P.mat ? P.mat[p] : p;
-        if (m < 0 || m >= P.n_mats) {
-            for (int i = tid; i < ntok * nrow; i += kThreads) {
-                const int t = i / nrow, r = i - t * nrow;
-                P.y[(int64_t)(tok0 + t) * P.ys + row0 + r] = __int_as_float(0x7fc00000);
-            }
-            return;
-        }
-        wbase = P.w + (uint64_t)m * P.mat_stride + (uint64_t)row0 * P.row_bytes;
+        if (!grouped_tile<BN>(P, tt, row0, nrow, s_warp, s_pj, tok0, ntok, wbase)) return;  // block-uniform
     }
-    for (int t = tid; t < ntok; t += kThreads) {
-        const int i = tok0 + t;
-        const int xi = P.x_idx ? P.x_idx[i] : i;
-        s_xrow[t] = P.x + (uint64_t)(int64_t)xi * P.x_stride;
-    }
+    tile_xrows<BN>(P, tok0, ntok, s_xrow);
     if (tid == 0) {
         s_wbase = wbase;
         s_nrow = nrow;
@@ -997,88 +1028,6 @@ __device__ __forceinline__ void mma2(const uint8_t *tb, float (&acc)[MT][NT][4],
                 acc[mt][nt][i] = __fadd_rn(acc[mt][nt][i], kq_term<WT>(xd, dw, dmin, isum[mt][nt][i], cs[i]));
             }
         }
-    }
-}
-
-// Grouped launches: (problem, tile) of token tile tt (tiles numbered problem by problem,
-// ceil(count/BN) each; a block-wide prefix sum over off[], 256 problems a pass). Returns
-// the problem (-1: past the last tile) and its tile index in *j. Block-uniform; has barriers.
-template <int BN>
-__device__ __forceinline__ int find_tile(const Params &P, int tt, int *j, int *s_warp, int *s_pj) {
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    if (tid == 0) {
-        s_pj[0] = -1;
-        s_pj[1] = 0;
-    }
-    int carry = 0;
-    for (int base = 0; base < P.n_prob; base += kThreads) {
-        const int q = base + tid;
-        const int c = q < P.n_prob ? P.off[q + 1] - P.off[q] : 0;
-        const int tiles = c > 0 ? (c + BN - 1) / BN : 0;
-        int v = tiles;
-#pragma unroll
-        for (int o = 1; o < 32; o <<= 1) {
-            const int t = __shfl_up_sync(0xffffffffu, v, o);
-            if (lane >= o) v += t;
-        }
-        if (lane == 31) s_warp[warp] = v;
-        __syncthreads();
-        int pre = 0, tot = 0;
-#pragma unroll
-        for (int w2 = 0; w2 < kThreads / 32; w2++) {
-            const int x = s_warp[w2];
-            pre += w2 < warp ? x : 0;
-            tot += x;
-        }
-        const int incl = carry + pre + v, excl = incl - tiles;
-        if (tiles > 0 && tt >= excl && tt < incl) {
-            s_pj[0] = q;
-            s_pj[1] = tt - excl;
-        }
-        carry += tot;
-        __syncthreads();
-        if (carry > tt) break;  // block-uniform
-    }
-    *j = s_pj[1];
-    return s_pj[0];
-}
-
-// Grouped launches (v2, v3; after pdl_wait: off / mat are earlier kernels' outputs): token
-// tile tt's first token, token count and matrix weight base (row0 of matrix mat[p]). False
-// (block-uniform) when the block has no tile — past the last one, or off[] beyond the host's
-// bound — or when the problem names no valid matrix: that tile's outputs are then written
-// as NaN here (cuda_mmq.h).
-template <int BN>
-__device__ __forceinline__ bool grouped_tile(const Params &P, int tt, int row0, int nrow, int *s_warp, int *s_pj,
-                                             int &tok0, int &ntok, const uint8_t *&wbase) {
-    int j = 0;
-    const int p = find_tile<BN>(P, tt, &j, s_warp, s_pj);
-    if (p < 0) return false;
-    const int start = P.off[p];
-    tok0 = start + j * BN;
-    ntok = min(BN, P.off[p + 1] - tok0);
-    if (start < 0 || tok0 >= P.max_rows) return false;
-    ntok = min(ntok, P.max_rows - tok0);
-    const int m = P.mat ? P.mat[p] : p;
-    if (m < 0 || m >= P.n_mats) {
-        for (int i = threadIdx.x; i < ntok * nrow; i += kThreads) {
-            const int t = i / nrow, r = i - t * nrow;
-            P.y[(int64_t)(tok0 + t) * P.ys + row0 + r] = __int_as_float(0x7fc00000);
-        }
-        return false;
-    }
-    wbase = P.w + (uint64_t)m * P.mat_stride + (uint64_t)row0 * P.row_bytes;
-    return true;
-}
-
-// The tile's activation row addresses (v2, v3): rows past ntok point at P.x (never staged;
-// their zero slots decode to zeros).
-template <int BN>
-__device__ __forceinline__ void tile_xrows(const Params &P, int tok0, int ntok, const uint8_t **s_xrow) {
-    for (int t = threadIdx.x; t < BN; t += kThreads) {
-        const int i = tok0 + t;
-        const int xi = t >= ntok ? 0 : P.x_idx ? P.x_idx[i] : i;
-        s_xrow[t] = P.x + (uint64_t)(int64_t)xi * P.x_stride;
     }
 }
 
