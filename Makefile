@@ -116,7 +116,9 @@ cuda:
 
 # CUDA op tests and benchmarks: `make cuda` compiles them (CI); running needs a GPU.
 # They link only the kernels and the CPU reference (no libds4 dependencies).
-CUDA_REF_OBJ = $(call obj,src/core/common.c src/model/ggml_type.c $(wildcard src/model/quant*.c) src/model/iq2_tables.c)
+# graph.cu: every launch (common.cuh ds4cu::launch) can be recorded for a decode graph.
+CUDA_REF_OBJ = $(call obj,src/core/common.c src/model/ggml_type.c $(wildcard src/model/quant*.c) src/model/iq2_tables.c) \
+               $(B)/src/backend/cuda/graph.cu.o
 $(B)/cuda-test-matvec: $(B)/tests/cuda/test_matvec.cu.o $(B)/src/backend/cuda/matvec.cu.o $(CUDA_REF_OBJ)
 	$(NVCC) -arch=$(CUDA_ARCH) -o $@ $^ -lm -lpthread
 $(B)/cuda-test-mmq: $(B)/tests/cuda/test_mmq.cu.o $(B)/src/backend/cuda/mmq.cu.o $(B)/src/backend/cuda/mmf16.cu.o $(B)/src/backend/cuda/matvec.cu.o $(CUDA_REF_OBJ)

@@ -323,6 +323,16 @@ struct ds4_backend {
      * order — written to the host arrays ids[k] with vals[k] = x[ids[j]], so that only
      * 8·k bytes leave the backend (the output head's argmax / top-k). 1 <= k <= n. */
     void (*topk_vals)(ds4_backend *be, const float *x, int n, int k, int32_t *ids, float *vals);
+
+    /* graph_begin / graph_end (optional, both or neither; NULL: nothing): forward.c brackets
+     * the ops of a single-token chunk (a decode step) with them. In between, a backend may
+     * defer the work the ops issue and run it as recorded graphs (CUDA graphs whose
+     * launches are replayed with the new step's arguments), provided every op's values and
+     * the order of all work stay those of issuing the ops as called — any read, write or
+     * other op may still come in between (the backend issues what it deferred first). After
+     * graph_end the work may still be running, as after any op. */
+    void (*graph_begin)(ds4_backend *be);
+    void (*graph_end)(ds4_backend *be);
 };
 
 enum { DS4_KV_ROW_ATTN = 0, DS4_KV_ROW_INDEX = 1 };

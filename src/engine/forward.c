@@ -486,6 +486,10 @@ int ds4_forward_chunk(ds4_session *s, const int32_t *tok, int n, bool all_logits
     const int64_t d = hp->n_embd, hw = (int64_t)h * d, nv = hp->n_vocab;
     DS4_ASSERT(n >= 1 && n <= s->chunk && s->n_tokens + n <= s->ctx);
 
+    /* a decode step's ops, recorded and replayed as graphs where the backend can (backend.h
+     * graph_begin): the same values, fewer launches */
+    const bool graph = n == 1 && be->graph_begin && be->graph_end;
+    if (graph) be->graph_begin(be);
     be->get_rows(be, &m->tok_embd, tok, n, sc->x);
     if (be->repeat_rows)
         be->repeat_rows(be, sc->H, sc->x, n, h, d);
@@ -521,6 +525,7 @@ int ds4_forward_chunk(ds4_session *s, const int32_t *tok, int n, bool all_logits
     be->hc_head(be, sc->mix, e->out_hc_scale, e->out_hc_base, Hh, cnt, h, d, hp->hc_eps, sc->y);
     be->rmsnorm(be, sc->y, d, e->out_norm, sc->x, d, d, cnt, hp->rms_eps);
     be->matmul(be, &m->output, 0, 0, (uint64_t)nv, sc->x, d, sc->logits, nv, cnt);
+    if (graph) be->graph_end(be);
 
     s->n_tokens += n;
     s->have_logits = true;

@@ -36,7 +36,11 @@ References and bounds (max |difference| over all positions and vocabulary entrie
   * production mode, compact KV rows (the CUDA default: kv_fmt.h FP8 / FP4 rows) vs f32 rows
     (env DS4_CUDA_KV=f32), chunked prefill and --prefill-chunk 1: bit-identical (bound 0).
     The layout is lossless on production rows and every op decodes it exactly before the
-    arithmetic of the f32 path, so any difference is a bug.
+    arithmetic of the f32 path, so any difference is a bug;
+  * one-token steps (--prefill-chunk 1) as CUDA graphs (the default: graph.h records each
+    step's launches and replays them as patched graphs) vs launched one by one (env
+    DS4_CUDA_GRAPH=0), both modes: bit-identical (bound 0) — the graphs hold exactly the
+    recorded launches, so any difference is a stale or misordered node.
 
 usage: engine_gpu.py --bin DIR [--work DIR] [--only NAME]   (DIR holds ds4, ds4-quantize)
 """
@@ -144,13 +148,13 @@ def main():
     work = pathlib.Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
     fails = 0
-    print(f"{'case':<22} {'mode':<5} {'check':<26} {'max|diff|':>11} {'bound':>9}  result")
+    print(f"{'case':<22} {'mode':<5} {'check':<27} {'max|diff|':>11} {'bound':>9}  result")
 
     def row(case, mode, check, diff, bound):
         nonlocal fails
         ok = bool(np.isfinite(diff)) and diff <= bound
         fails += not ok
-        print(f"{case:<22} {mode:<5} {check:<26} {diff:11.3e} {bound:9.1e}  {'ok' if ok else 'FAIL'}", flush=True)
+        print(f"{case:<22} {mode:<5} {check:<27} {diff:11.3e} {bound:9.1e}  {'ok' if ok else 'FAIL'}", flush=True)
 
     for name, g, tj, oracle in cases(bindir, work, a.only):
         try:
@@ -182,6 +186,9 @@ def main():
                         print(f"    DS4_CUDA_PREQ=1: vs cpu {float(np.abs(pq - cp).max()) / scale:.3e}, "
                               f"vs in-kernel quant {float(np.abs(pq - cu).max()):.3e}", flush=True)
                 c1 = logits(bindir, g, tj, work / f"{tag}.{mode}.cuda1.f32", nv, "--cuda", "--prefill-chunk", "1", *flags)
+                ng = logits(bindir, g, tj, work / f"{tag}.{mode}.nograph1.f32", nv, "--cuda", "--prefill-chunk", "1",
+                            *flags, env={"DS4_CUDA_GRAPH": "0"})
+                row(name, mode, "graph vs no graph, chunk=1", bitdiff(c1, ng), 0.0)
                 if mode == "exact":
                     row(name, mode, "cuda chunk=1 vs chunked", float(np.abs(c1 - cu).max()), EXACT_TOL)
                 else:

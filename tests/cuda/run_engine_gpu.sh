@@ -12,6 +12,7 @@
 #   BENCH_GEN=32         decode steps per frontier
 #   SKIP_CHECKS=1        benchmark only
 #   PROFILE=1            also a per-op profile run (DS4_CUDA_PROFILE=1) per model
+#   GRAPH_LAYERS=43      layers of the graph-vs-no-graph decode check's model
 set -u
 OUT=${OUT:-gpu-out}
 mkdir -p "$OUT"
@@ -31,6 +32,23 @@ if [ -z "${SKIP_CHECKS:-}" ]; then
   fi
   PYTHONUNBUFFERED=1 python3 tests/cuda/engine_gpu.py --bin "$BIN" 2>&1 | tee "$OUT/engine.log"
   [ "${PIPESTATUS[0]}" = 0 ] || rc=1
+  # decode steps replayed as CUDA graphs (the default) vs launched one by one: a Flash-shaped
+  # synthetic q2 model (GRAPH_LAYERS, default 43: needs an H200), 64 steps from position
+  # 2040 over synthetic KV state — compressor windows closing (ratios 4 and 128) and the
+  # indexer's first selection (position 2051), so graphs are built, patched and switched:
+  # the logits of every step must be the same bits
+  for g in 0 1; do
+    DS4_CUDA_GRAPH=$g DS4_CUDA_GRAPH_STATS=1 timeout 300 "$BIN/ds4-bench" --cuda --synthetic flash --type q2 \
+      --layers "${GRAPH_LAYERS:-43}" --ctx-start 2040 --ctx-max 2040 --gen-tokens 64 --fill-kv \
+      --logits-out "/tmp/ds4_graph$g.f32" --csv /dev/null > "$OUT/graph$g.log" 2>&1 || { tail -3 "$OUT/graph$g.log"; rc=1; }
+  done
+  grep -h "cuda graphs" "$OUT/graph1.log"
+  if cmp -s /tmp/ds4_graph0.f32 /tmp/ds4_graph1.f32 && [ -s /tmp/ds4_graph1.f32 ]; then
+    echo "graph decode vs no graph: identical logits ($(stat -c %s /tmp/ds4_graph1.f32) bytes)"
+  else
+    echo "graph decode vs no graph: DIFFERENT"; rc=1
+  fi
+  rm -f /tmp/ds4_graph0.f32 /tmp/ds4_graph1.f32
 fi
 for L in ${BENCH_LAYERS:-}; do
   M=/tmp/flash_q2_L$L.gguf

@@ -13,6 +13,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include <tuple>
+
 extern "C" {
 #include "core/common.h"
 }
@@ -161,10 +163,33 @@ inline bool pdl_enabled() {
     return on;
 }
 
-// k<<<grid, block, smem, st>>>(args...) with the PDL attribute when enabled. Returns the
-// launch's error (as cudaGetLastError would).
+// Decode-step recording (graph.h): the recorder recording on this thread, or NULL.
+struct GraphRec;
+extern thread_local GraphRec *g_rec;
+// Records k<<<grid, block, smem>>>(args) (n parameters: addresses and sizes of their
+// values) when r records on stream st; false: the caller launches it.
+bool graph_rec_kernel(GraphRec *r, cudaStream_t st, const void *k, dim3 grid, dim3 block, size_t smem,
+                      void *const *args, const size_t *sizes, int n);
+
+// k<<<grid, block, smem, st>>>(args...) with the PDL attribute when enabled (or recorded
+// for a graph, see above). Returns the launch's error (as cudaGetLastError would).
 template <typename... KArgs, typename... Args>
 inline cudaError_t launch(void (*k)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t st, Args... args) {
+    if (g_rec) {
+        // the parameters converted to the kernel's types, as the launch below passes them
+        std::tuple<KArgs...> pv((KArgs)args...);
+        void *ptr[sizeof...(KArgs) + 1];
+        size_t sz[sizeof...(KArgs) + 1];
+        std::apply(
+            [&](auto &...a) {
+                size_t i = 0;
+                ((ptr[i] = (void *)&a, sz[i] = sizeof a, ++i), ...);
+                (void)i;
+            },
+            pv);
+        if (graph_rec_kernel(g_rec, st, (const void *)k, grid, block, smem, ptr, sz, (int)sizeof...(KArgs)))
+            return cudaSuccess;
+    }
     cudaLaunchConfig_t cfg = {};
     cfg.gridDim = grid;
     cfg.blockDim = block;

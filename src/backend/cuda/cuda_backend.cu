@@ -43,6 +43,7 @@
 #include "common.cuh"
 #include "cuda_matvec.h"
 #include "cuda_mmq.h"
+#include "graph.h"
 
 extern "C" {
 #include "backend/backend.h"
@@ -83,6 +84,8 @@ struct cu_impl {
     // staging ring: pinned host + device, consumed in stream order
     uint8_t *h_ring, *d_ring;
     size_t ring_cap, ring_off;
+    // decode steps as CUDA graphs (graph.h; NULL: off)
+    ds4cu::GraphRec *graph;
     // get_rows' host dequantisation rows: grown on the first call that needs more (a prefill
     // chunk), so decode steps allocate nothing
     float *gr_host;
@@ -159,6 +162,7 @@ const void *dev_of(cu_impl *im, const void *p) {
 // Grows a device buffer to at least `bytes`; -1 when the allocation fails.
 int try_grow(void **p, size_t *cap, size_t bytes, cudaStream_t st) {
     if (bytes <= *cap) return 0;
+    ds4cu::graph_sync_point(ds4cu::g_rec); // recorded launches may use the old buffer
     if (cudaStreamSynchronize(st) != cudaSuccess) return -1;
     if (*p) cudaFree(*p);
     *p = NULL;
@@ -176,6 +180,7 @@ int try_grow(void **p, size_t *cap, size_t bytes, cudaStream_t st) {
 // that holds them for kernels launched afterwards on the stream. Pinned source, so the
 // copy is asynchronous; a wrap waits for the stream once (every earlier slice consumed).
 void *stage(cu_impl *im, const void *host, size_t bytes) {
+    if (void *g = ds4cu::graph_stage(im->graph, host, bytes)) return g; // a decode step's graph
     const size_t span = (bytes + 255) & ~(size_t)255; // slices stay 256-byte aligned
     DS4_ASSERT(span <= im->ring_cap);
     if (im->ring_off + span > im->ring_cap) {
@@ -834,6 +839,7 @@ __global__ void k_expand(float *X, const float *x, int64_t d, int k, int n_sel) 
 
 // ------------------------------------------------------------------ ops
 void *cu_alloc(ds4_backend *be, size_t bytes) {
+    ds4cu::graph_sync_point(IMPL(be)->graph);
     void *p = NULL;
     if (cudaMalloc(&p, bytes ? bytes : 1) != cudaSuccess) {
         (void)cudaGetLastError();
@@ -847,18 +853,21 @@ void *cu_alloc(ds4_backend *be, size_t bytes) {
 }
 void cu_release(ds4_backend *be, void *p) {
     if (!p) return;
+    ds4cu::graph_sync_point(IMPL(be)->graph);
     CK(cudaStreamSynchronize(IMPL(be)->st));
     CK(cudaFree(p));
 }
 void cu_write(ds4_backend *be, void *dst, const void *src, size_t n) {
     PROF(WRITE);
     if (!n) return;
+    ds4cu::graph_sync_point(IMPL(be)->graph);
     // pageable source: the call returns once src has been consumed
     CK(cudaMemcpyAsync(dst, src, n, cudaMemcpyHostToDevice, IMPL(be)->st));
 }
 void cu_read(ds4_backend *be, void *dst, const void *src, size_t n) {
     PROF(READ);
     if (!n) return;
+    ds4cu::graph_sync_point(IMPL(be)->graph);
     CK(cudaMemcpyAsync(dst, src, n, cudaMemcpyDeviceToHost, IMPL(be)->st));
     CK(cudaStreamSynchronize(IMPL(be)->st));
     // mode 2 charges ops up to now; mode 3 flushes when its list is full or at free (this
@@ -876,18 +885,21 @@ void cu_copy(ds4_backend *be, void *dst, const void *src, size_t n) {
         return;
     }
     // overlapping (memmove semantics): in pieces no longer than the distance, ordered
-    // so no piece reads bytes an earlier piece wrote
+    // so no piece reads bytes an earlier piece wrote (recorded as copies in a graph step)
+    ds4cu::GraphRec *gr = IMPL(be)->graph;
     const size_t dist = d > s ? (size_t)(d - s) : (size_t)(s - d);
     if (d < s) {
         for (size_t o = 0; o < n; o += dist) {
             size_t len = n - o < dist ? n - o : dist;
-            CK(cudaMemcpyAsync(d + o, s + o, len, cudaMemcpyDeviceToDevice, IMPL(be)->st));
+            if (!ds4cu::graph_copy_d2d(gr, d + o, s + o, len))
+                CK(cudaMemcpyAsync(d + o, s + o, len, cudaMemcpyDeviceToDevice, IMPL(be)->st));
         }
     } else {
         for (size_t end = n; end > 0;) {
             size_t len = end < dist ? end : dist;
             end -= len;
-            CK(cudaMemcpyAsync(d + end, s + end, len, cudaMemcpyDeviceToDevice, IMPL(be)->st));
+            if (!ds4cu::graph_copy_d2d(gr, d + end, s + end, len))
+                CK(cudaMemcpyAsync(d + end, s + end, len, cudaMemcpyDeviceToDevice, IMPL(be)->st));
         }
     }
 }
@@ -920,6 +932,7 @@ void cu_zero(ds4_backend *be, void *dst, size_t n) {
 const float *cu_upload_vec(ds4_backend *be, const ds4_tensor *t) {
     cu_impl *im = IMPL(be);
     if (!t->data) return NULL;
+    ds4cu::graph_sync_point(im->graph);
     const uint8_t *b = (const uint8_t *)t->data;
     if (t->type == DS4_TYPE_F32 && b >= im->hbase && b < im->hbase + im->hsize && ((uintptr_t)b % 4) == 0)
         return (const float *)dev_of(im, t->data);
@@ -1014,6 +1027,7 @@ int cu_reserve(ds4_backend *be, int max_tok, int64_t max_in, char *err, size_t e
 // Grows a device buffer to at least `bytes` (only when a larger shape first appears).
 void grow(void **p, size_t *cap, size_t bytes, cudaStream_t st) {
     if (bytes <= *cap) return;
+    ds4cu::graph_sync_point(ds4cu::g_rec); // recorded launches may use the old buffer
     CK(cudaStreamSynchronize(st));
     if (*p) CK(cudaFree(*p));
     *p = NULL;
@@ -1345,6 +1359,7 @@ void cu_get_rows(ds4_backend *be, const ds4_tensor *E, const int32_t *ids, int n
             KL(k_copy, copy_blocks(row * cnt), 256, 0, im->st, (uint8_t *)(out + (int64_t)t0 * d), (const uint8_t *)src,
                row * cnt);
         } else {
+            ds4cu::graph_sync_point(im->graph);
             CK(cudaMemcpyAsync(out + (int64_t)t0 * d, h, row * cnt, cudaMemcpyHostToDevice, im->st));
             CK(cudaStreamSynchronize(im->st));
         }
@@ -1505,6 +1520,7 @@ void cu_topk(ds4_backend *be, const float *score, int n, int k, int32_t *idx) {
     PROF(TOPK);
     cu_impl *im = IMPL(be);
     if (n <= 0) return;
+    ds4cu::graph_sync_point(im->graph); // reads the scores back
     if ((size_t)n > im->h_score_cap) {
         if (im->h_score) CK(cudaFreeHost(im->h_score));
         im->h_score = NULL;
@@ -1546,10 +1562,15 @@ void cu_round_f16(ds4_backend *be, float *x, int64_t n) {
     CKL();
 }
 
+void cu_graph_begin(ds4_backend *be) { ds4cu::graph_begin(IMPL(be)->graph); }
+void cu_graph_end(ds4_backend *be) { ds4cu::graph_end(IMPL(be)->graph); }
+
 void cu_free(ds4_backend *be) {
     if (!be) return;
     cu_impl *im = IMPL(be);
     if (im) {
+        ds4cu::graph_destroy(im->graph);
+        im->graph = NULL;
         if (im->st) cudaStreamSynchronize(im->st);
         if (im->prof >= 2) {
             prof_ev_flush(im);
@@ -1712,6 +1733,7 @@ cudaStream_t stream(ds4_backend *be) { return IMPL(be)->st_cur ? IMPL(be)->st_cu
 void side_begin(ds4_backend *be) {
     cu_impl *im = IMPL(be);
     DS4_ASSERT(!im->st_cur);
+    graph_sync_point(im->graph); // the side stream is not recorded
     DS4CU_CK(cudaEventRecord(im->ev_fork, im->st));
     DS4CU_CK(cudaStreamWaitEvent(im->st_side, im->ev_fork, 0));
     im->st_cur = im->st_side;
@@ -1912,6 +1934,11 @@ extern "C" int ds4_backend_cuda_create(ds4_backend **out, const ds4_model *m, ds
                 TRY_GO(cudaEventCreate(&im->ev[i]));
                 if (i < kProfEv && im->prof == 3) TRY_GO(cudaEventCreate(&im->ev_end[i]));
             }
+        // decode steps as graphs (graph.h) unless DS4_CUDA_GRAPH=0 or a profile mode (which
+        // times ops as they are issued) is on
+        im->graph = im->prof ? NULL : ds4cu::graph_create(im->st);
+        be->graph_begin = im->graph ? cu_graph_begin : NULL;
+        be->graph_end = im->graph ? cu_graph_end : NULL;
     }
     *out = be;
     return 0;
