@@ -553,13 +553,15 @@ int main(int argc, char **argv) {
             fprintf(stderr, "ds4-bench: top-k at %d: %s\n", f, err);
             goto done;
         }
-        double t1 = now_s(), c1 = cpu_s();
+        double t1 = now_s(), c1 = cpu_s(), t_enq = 0;
         for (int g = 0; g < o.gen_tokens; g++) {
             work[f + g] = next_tok;
+            const double te = now_s();
             if (ds4_session_sync(s, work, f + g + 1, NULL, NULL, err, sizeof err) < 0) {
                 fprintf(stderr, "ds4-bench: decode at %d: %s\n", f + g, err);
                 goto done;
             }
+            t_enq += now_s() - te; /* host time to issue the step (a GPU backend returns before its work is done) */
             lg = lout ? ds4_session_logits(s) : NULL;
             if (lout) {
                 for (int i = 0; i < nv; i++) nonfinite += !isfinite(lg[i]);
@@ -577,6 +579,9 @@ int main(int argc, char **argv) {
         else
             fprintf(stderr, "frontier %d: prefill %d tokens %.3f s wall %.3f s cpu; decode %d tokens %.3f s wall %.3f s cpu\n",
                     f, f - prev, t_pre, c_pre, o.gen_tokens, t_gen, c_gen);
+        if (o.gen_tokens > 0)
+            fprintf(stderr, "frontier %d: decode host time to issue a step %.3f ms (of %.3f ms per step)\n", f,
+                    1e3 * t_enq / o.gen_tokens, 1e3 * t_gen / o.gen_tokens);
         fprintf(csv, "%d,%d,%.2f,%d,%.2f,%zu\n", f, o.fill_kv ? 0 : f - prev, o.fill_kv ? 0.0 : (f - prev) / t_pre,
                 o.gen_tokens, o.gen_tokens ? o.gen_tokens / t_gen : 0.0, written);
         fflush(csv);
