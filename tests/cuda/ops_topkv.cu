@@ -1,8 +1,8 @@
 // ops_topkv.cu — topk_vals (backend.h; CUDA topk_vals.cu) against the definition: the CPU
 // reference selection ds4_topk_host (the k largest, ties to the lower index, NaN last,
 // −0 == +0) and the selected values, bit for bit. Rows with many ties, ±0, ±inf and NaN,
-// n from 1 to Flash's vocabulary (129,280), k = 1 (the grid argmax) and k > 1 (radix
-// select + gather). Tolerance 0: a selection either is the definition's or is wrong.
+// n from 1 to Flash's vocabulary (129,280), k = 1 (the grid argmax), 2 <= k <= 8 (the grid
+// top-k, lists of 2 / 4 / 8 words) and k > 8 (radix select + gather). Tolerance 0: a selection either is the definition's or is wrong.
 #include "ops_harness.h"
 
 static void topkv_case(ds4_backend *G, const char *name, const std::vector<float> &x, int k) {
@@ -41,7 +41,7 @@ void ops_topk_vals(ds4_backend *C, ds4_backend *G, const char *mode) {
                                  : srand1() * 1e-3f;
         }
         if (n > 3) special[(size_t)n / 2] = INFINITY;
-        const int ks[] = {1, 2, 40, 256, n};
+        const int ks[] = {1, 2, 3, 4, 5, 8, 9, 40, 256, n};
         for (int k : ks) {
             if (k > n || (k == n && n > 5000)) continue;
             topkv_case(G, "spread", spread, k);
@@ -52,4 +52,6 @@ void ops_topk_vals(ds4_backend *C, ds4_backend *G, const char *mode) {
     std::vector<float> all_nan(1000, NAN);   // every value NaN: the lowest indices
     topkv_case(G, "all NaN", all_nan, 1);
     topkv_case(G, "all NaN", all_nan, 3);
+    topkv_case(G, "all NaN", all_nan, 8);
+    topkv_case(G, "all NaN", all_nan, 12);
 }
