@@ -40,7 +40,9 @@ References and bounds (max |difference| over all positions and vocabulary entrie
   * one-token steps (--prefill-chunk 1) as CUDA graphs (the default: graph.h records each
     step's launches and replays them as patched graphs) vs launched one by one (env
     DS4_CUDA_GRAPH=0), both modes: bit-identical (bound 0) — the graphs hold exactly the
-    recorded launches, so any difference is a stale or misordered node.
+    recorded launches, so any difference is a stale or misordered node; also with segments
+    of 7 kernels and a cache of 3 graphs (DS4_CUDA_GRAPH_SEG / _CACHE: boundaries inside
+    ops, constant eviction and rebuilding).
 
 usage: engine_gpu.py --bin DIR [--work DIR] [--only NAME]   (DIR holds ds4, ds4-quantize)
 """
@@ -189,6 +191,10 @@ def main():
                 ng = logits(bindir, g, tj, work / f"{tag}.{mode}.nograph1.f32", nv, "--cuda", "--prefill-chunk", "1",
                             *flags, env={"DS4_CUDA_GRAPH": "0"})
                 row(name, mode, "graph vs no graph, chunk=1", bitdiff(c1, ng), 0.0)
+                # odd segment boundaries and a 3-graph cache: every step rebuilds or evicts
+                gs = logits(bindir, g, tj, work / f"{tag}.{mode}.graphsmall1.f32", nv, "--cuda", "--prefill-chunk", "1",
+                            *flags, env={"DS4_CUDA_GRAPH_SEG": "7", "DS4_CUDA_GRAPH_CACHE": "3"})
+                row(name, mode, "graph seg 7 cache 3 vs none", bitdiff(gs, ng), 0.0)
                 if mode == "exact":
                     row(name, mode, "cuda chunk=1 vs chunked", float(np.abs(c1 - cu).max()), EXACT_TOL)
                 else:

@@ -30,7 +30,7 @@ namespace {
 
 constexpr int kSegDefault = 64;        // kernels per segment (DS4_CUDA_GRAPH_SEG)
 constexpr size_t kArena = (size_t)1 << 20;  // staging bytes per step
-constexpr size_t kMaxEntries = 1024;   // cached executable graphs (LRU beyond)
+constexpr size_t kMaxEntries = 1024;   // cached executable graphs (LRU beyond; DS4_CUDA_GRAPH_CACHE)
 
 enum : uint8_t { OP_KERNEL = 0, OP_COPY = 1 };
 
@@ -115,6 +115,7 @@ struct GraphRec {
     bool broken = false;           // a capture failed: ops issue directly from then on
     int ord = 0;                   // ordinal of the current segment in the step
     int seg_max = kSegDefault;
+    size_t max_entries = kMaxEntries;
     Seg cur;
     std::vector<std::vector<Entry *>> by_ord;
     size_t n_entries = 0;
@@ -167,10 +168,11 @@ void evict_lru(GraphRec *r) {
             if (!lru || r->by_ord[i][j]->used < lru->used) lru = r->by_ord[i][j], oi = i, ei = j;
     if (!lru) return;
     r->by_ord[oi].erase(r->by_ord[oi].begin() + (long)ei);
-    cudaGraphExecDestroy(lru->x);
+    cudaGraphExecDestroy(lru->x);   // an exec still running is freed when it completes
     cudaGraphDestroy(lru->g);
     delete lru;
     r->n_entries--;
+    r->stats.evicted++;
 }
 
 // A new executable graph from the recording, or NULL when capture or instantiation
@@ -236,7 +238,7 @@ void seg_flush(GraphRec *r) {
             }
             std::swap(hit->seg, s);
         } else {
-            if (r->n_entries >= kMaxEntries) evict_lru(r);
+            if (r->n_entries >= r->max_entries) evict_lru(r);
             hit = build(r);
             if (hit) {
                 r->by_ord[(size_t)r->ord].push_back(hit);
@@ -297,6 +299,8 @@ GraphRec *graph_create(cudaStream_t st) {
     r->st = st;
     const char *seg = getenv("DS4_CUDA_GRAPH_SEG");
     if (seg && atoi(seg) > 0) r->seg_max = atoi(seg);
+    const char *ce = getenv("DS4_CUDA_GRAPH_CACHE");   // tests: a small cache evicts often
+    if (ce && atoi(ce) > 0) r->max_entries = (size_t)atoi(ce);
     const char *sp = getenv("DS4_CUDA_GRAPH_STATS");
     r->stats_print = sp && *sp == '1';
     if (cudaMallocHost((void **)&r->ah, kArena) != cudaSuccess || cudaMalloc((void **)&r->ad, kArena) != cudaSuccess ||
@@ -312,9 +316,9 @@ void graph_destroy(GraphRec *r) {
     if (!r) return;
     if (g_rec == r) g_rec = nullptr;
     if (r->stats_print)
-        fprintf(stderr, "cuda graphs: %ld steps, %ld segments, %ld graphs built, %ld nodes patched, %ld kernels, %ld sync stops\n",
+        fprintf(stderr, "cuda graphs: %ld steps, %ld segments, %ld graphs built, %ld nodes patched, %ld kernels, %ld sync stops, %ld evicted\n",
                 r->stats.steps, r->stats.segments, r->stats.builds, r->stats.patched_nodes, r->stats.kernels,
-                r->stats.stops);
+                r->stats.stops, r->stats.evicted);
     cudaStreamSynchronize(r->st);
     for (auto &v : r->by_ord)
         for (Entry *e : v) {

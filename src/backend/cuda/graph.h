@@ -48,7 +48,7 @@ void *graph_stage(GraphRec *r, const void *host, size_t bytes);
 bool graph_copy_d2d(GraphRec *r, void *dst, const void *src, size_t bytes);
 // Counters for diagnostics (DS4_CUDA_GRAPH_STATS=1 prints them at destroy).
 struct GraphStats {
-    long steps, segments, builds, patched_nodes, kernels, stops;
+    long steps, segments, builds, patched_nodes, kernels, stops, evicted;
 };
 GraphStats graph_stats(const GraphRec *r);
 
