@@ -10,7 +10,11 @@
 // except the growable index/staging buffers noted below, or change numerics relative to
 // the CPU reference beyond f32 rounding order (per-op tolerances: tests/cuda).
 //
-// Host round trips the contract still forces (noted for the graph-capture work):
+// Decode steps (single-token chunks, backend.h graph_begin / graph_end) are recorded and
+// replayed as CUDA graphs by graph.cu: stage() then copies into the step's arena, and every
+// call below that synchronises, copies directly or (re)allocates first calls
+// graph_sync_point, which issues what was recorded. Host round trips the contract still
+// forces (a synchronising one ends the recording of a decode step):
 //  - topk returns host indices: the scores are read back (one sync per CSA layer once
 //    the context exceeds idx_topk compressed rows);
 //  - attention takes host index arrays: they are staged through pinned memory (async,
