@@ -125,12 +125,15 @@ $(B)/cuda-test-mmq: $(B)/tests/cuda/test_mmq.cu.o $(B)/src/backend/cuda/mmq.cu.o
 	$(NVCC) -arch=$(CUDA_ARCH) -o $@ $^ -lm -lpthread
 $(B)/cuda-matvec-bench: $(B)/bench/cuda_matvec_bench.cu.o $(B)/src/backend/cuda/matvec.cu.o $(CUDA_REF_OBJ)
 	$(NVCC) -arch=$(CUDA_ARCH) -o $@ $^ -lm -lpthread
+# cuBLAS at the dense prefill shapes (measurement only; the engine does not use cuBLAS)
+$(B)/cuda-cublas-bench: $(B)/bench/cublas_gemm_bench.cu.o
+	$(NVCC) -arch=$(CUDA_ARCH) -o $@ $^ -lcublas
 # Backend op tests (CUDA vs CPU backend, tests/cuda/test_ops.cu): links libds4.
 # Fused-op cases live in tests/cuda/ops_*.cu (one file per op family).
 CUDA_OPS_TESTS = $(patsubst %.cu,$(B)/%.cu.o,$(sort $(wildcard tests/cuda/ops_*.cu)))
 $(B)/cuda-test-ops: $(B)/tests/cuda/test_ops.cu.o $(CUDA_OPS_TESTS) $(B)/libds4.a
 	$(NVCC) -arch=$(CUDA_ARCH) -o $@ $^ -lm -lpthread
-cuda-progs: $(B)/cuda-test-matvec $(B)/cuda-test-mmq $(B)/cuda-matvec-bench $(B)/cuda-test-ops
+cuda-progs: $(B)/cuda-test-matvec $(B)/cuda-test-mmq $(B)/cuda-matvec-bench $(B)/cuda-test-ops $(B)/cuda-cublas-bench
 cuda-test:
 	$(MAKE) B=build-cuda WITH_CUDA=1 build-cuda/cuda-test-matvec
 	./build-cuda/cuda-test-matvec
