@@ -51,7 +51,7 @@ LIB_OBJ := $(call obj,$(LIB_SRC))
 ifeq ($(WITH_CUDA),1)
 LIB_OBJ += $(patsubst %.cu,$(B)/%.cu.o,$(CU_SRC))
 CFLAGS += -DDS4_WITH_CUDA=1 -I$(CUDA_HOME)/include
-LDLIBS += -L$(CUDA_HOME)/lib64 -lcudart -lcublas -lstdc++ -Wl,-rpath,$(CUDA_HOME)/lib64
+LDLIBS += -L$(CUDA_HOME)/lib64 -lcudart -lstdc++ -Wl,-rpath,$(CUDA_HOME)/lib64
 endif
 
 .PHONY: all cuda cuda-progs cuda-test cuda-bench test test-unit test-py test-asan fuzz deps clean venv bench pylib
