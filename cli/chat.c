@@ -12,6 +12,7 @@
 
 #include <errno.h>
 #include <jansson.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -300,8 +301,22 @@ static int feed(ds4_dsml_parser *p, const char *s, size_t n, char *err, size_t e
     return 0;
 }
 
-static int pick(ds4_cli_chat *c, const float *logits) {
+/* The next token: forced, greedy, or sampled. Greedy takes the top logit where the logits
+ * live (ds4_session_top_k: a GPU moves 8 bytes, not the 517 KB row); a finite top is
+ * ds4_sample_greedy's pick (largest finite, lowest id on ties), otherwise — as in the
+ * server — the row decides. PICK_NO_LOGITS: the session has no logits (other negative
+ * values: the sampler's errors). */
+enum { PICK_NO_LOGITS = -1000 };
+static int pick(ds4_cli_chat *c) {
     if (c->force_pos < c->n_force) return c->force[c->force_pos++];
+    if (c->sp.temperature <= 0) {
+        int32_t top = -1;
+        float v = 0;
+        char e[128];
+        if (ds4_session_top_k(c->s, 1, &top, &v, e, sizeof e) == 0 && isfinite(v)) return top;
+    }
+    const float *logits = ds4_session_logits(c->s);
+    if (!logits) return PICK_NO_LOGITS;
     if (c->sp.temperature <= 0) return ds4_sample_greedy(logits, c->n_vocab);
     return ds4_sample(logits, c->n_vocab, &c->sp, &c->rng, c->scratch, c->scratch_bytes);
 }
@@ -347,12 +362,11 @@ int ds4_cli_chat_reply(ds4_cli_chat *c, int n_max, ds4_cli_stats *st, char *err,
             break;
         }
         if (n_max >= 0 && st->generated >= n_max) break;
-        const float *logits = ds4_session_logits(c->s);
-        if (!logits) {
+        int t = pick(c);
+        if (t == PICK_NO_LOGITS) {
             rc = fail(err, errlen, -4, "no logits after the prompt%s%s", "", "");
             break;
         }
-        int t = pick(c, logits);
         if (t < 0) {
             rc = fail(err, errlen, -4, "sampling failed (no finite logit)%s%s", "", "");
             break;
