@@ -129,6 +129,12 @@ int ds4_session_snapshot(const ds4_session *s, void *buf, size_t cap, size_t *wr
 /* Restores a snapshot made by a session of the same engine with the same rewind window
  * and a ctx >= the snapshot's token count. */
 int ds4_session_restore(ds4_session *s, const void *buf, size_t n, char *err, size_t errlen);
+/* The checks ds4_session_restore makes on a snapshot's fixed-size header (model, KV row
+ * layout, rewind window, token count) on its first n bytes, without the body: 0 or the
+ * error restore would return for them. Lets a caller skip reading a large snapshot that
+ * cannot restore. ds4_session_snapshot_header_bytes() is the prefix it needs. */
+size_t ds4_session_snapshot_header_bytes(void);
+int ds4_session_snapshot_check(const ds4_session *s, const void *buf, size_t n, char *err, size_t errlen);
 
 #ifdef __cplusplus
 }

@@ -467,11 +467,10 @@ int ds4_session_snapshot(const ds4_session *s, void *buf, size_t cap, size_t *wr
     return 0;
 }
 
-int ds4_session_restore(ds4_session *s, const void *buf, size_t n, char *err, size_t errlen) {
+/* The header checks of a restore into s (ds4.h ds4_session_snapshot_check). */
+static int check_header(const ds4_session *s, const snap_header *hdr, char *err, size_t errlen) {
     const ds4_hparams *hp = &s->e->model->hp;
-    snap_header h;
-    if (n < sizeof h) return ds4_err(err, errlen, DS4_ERR_FORMAT, "restore: snapshot truncated (%zu bytes)", n);
-    memcpy(&h, buf, sizeof h);
+    const snap_header h = *hdr;
     if (h.magic != SNAP_MAGIC || h.version != SNAP_VERSION)
         return ds4_err(err, errlen, DS4_ERR_FORMAT, "restore: not a ds4 session snapshot (or another version)");
     if (h.n_layer != hp->n_layer || h.n_embd != hp->n_embd || h.head_dim != hp->head_dim || h.n_vocab != hp->n_vocab)
@@ -486,6 +485,25 @@ int ds4_session_restore(ds4_session *s, const void *buf, size_t n, char *err, si
         return ds4_err(err, errlen, DS4_ERR_ARG, "restore: snapshot rewind window %u differs from the session's %d", h.W, s->W);
     if (h.n_tokens < 0 || h.n_tokens > s->ctx)
         return ds4_err(err, errlen, DS4_ERR_ARG, "restore: snapshot holds %d tokens, session ctx is %d", h.n_tokens, s->ctx);
+    return 0;
+}
+
+size_t ds4_session_snapshot_header_bytes(void) { return sizeof(snap_header); }
+
+int ds4_session_snapshot_check(const ds4_session *s, const void *buf, size_t n, char *err, size_t errlen) {
+    snap_header h;
+    if (n < sizeof h) return ds4_err(err, errlen, DS4_ERR_FORMAT, "restore: snapshot truncated (%zu bytes)", n);
+    memcpy(&h, buf, sizeof h);
+    return check_header(s, &h, err, errlen);
+}
+
+int ds4_session_restore(ds4_session *s, const void *buf, size_t n, char *err, size_t errlen) {
+    const ds4_hparams *hp = &s->e->model->hp;
+    snap_header h;
+    if (n < sizeof h) return ds4_err(err, errlen, DS4_ERR_FORMAT, "restore: snapshot truncated (%zu bytes)", n);
+    memcpy(&h, buf, sizeof h);
+    int rc = check_header(s, &h, err, errlen);
+    if (rc < 0) return rc;
     size_t need = sizeof h + I(h.n_tokens) + F(hp->n_vocab);
     regions(s, h.n_tokens, count_region, &need);
     if (n < need) return ds4_err(err, errlen, DS4_ERR_FORMAT, "restore: snapshot truncated (%zu of %zu bytes)", n, need);

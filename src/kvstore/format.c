@@ -270,6 +270,20 @@ int kv_restore_image(ds4_session *s, const uint8_t *img, const kv_meta *m, ds4_k
     return 0;
 }
 
+int kv_read_at(const char *path, uint64_t off, void *buf, size_t n, char *err, size_t errlen) {
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return ds4_err(err, errlen, errno == ENOENT ? DS4_ERR_NOT_FOUND : DS4_ERR_IO, "%s: %s", path, strerror(errno));
+    size_t got = 0;
+    while (got < n) {
+        ssize_t k = pread(fd, (uint8_t *)buf + got, n - got, (off_t)(off + got));
+        if (k < 0 && errno == EINTR) continue;
+        if (k <= 0) break;
+        got += (size_t)k;
+    }
+    close(fd);
+    return got == n ? 0 : ds4_err(err, errlen, DS4_ERR_IO, "%s: short read at %llu", path, (unsigned long long)off);
+}
+
 int kv_read_file(const char *path, uint8_t **out, size_t *size, char *err, size_t errlen) {
     *out = NULL;
     int fd = open(path, O_RDONLY | O_CLOEXEC);

@@ -56,6 +56,8 @@ int kv_verify_image(const uint8_t *img, size_t size, const kv_meta *m, char *err
  * (text + tools copied into hit->mem_). */
 int kv_restore_image(ds4_session *s, const uint8_t *img, const kv_meta *m, ds4_kv_hit *hit, char *err,
                      size_t errlen);
+/* Reads n bytes at offset off of a file (pread(2)); 0, or a negative status. */
+int kv_read_at(const char *path, uint64_t off, void *buf, size_t n, char *err, size_t errlen);
 /* Reads a whole file into memory (plain read(2)). */
 int kv_read_file(const char *path, uint8_t **out, size_t *size, char *err, size_t errlen);
 /* Temp file + fsync + rename + dir fsync. dir may be NULL (derived from path). */

@@ -528,6 +528,17 @@ int ds4_kvstore_restore(ds4_kvstore *st, ds4_session *s, const char *prompt, siz
         if (strcmp(hx, c->name) != 0) continue;
         char p[PATH_MAX];
         path_of(st, c->name, p, sizeof p);
+        /* the snapshot's header first: a file this session cannot restore (another KV row
+         * layout — a CPU and a CUDA process sharing the directory — or rewind window) is a
+         * miss without reading the whole file (which may be gigabytes) */
+        uint8_t sh[256];
+        const size_t shn = ds4_session_snapshot_header_bytes();
+        if (s && shn <= sizeof sh && c->m.payload_bytes >= shn &&
+            kv_read_at(p, KV_HDR + c->m.text_bytes, sh, shn, why, sizeof why) == 0 &&
+            ds4_session_snapshot_check(s, sh, shn, why, sizeof why) < 0) {
+            ds4_log(DS4_LOG_WARN, "kv cache: cannot restore %s: %s", c->name, why);
+            continue;
+        }
         uint8_t *img;
         size_t sz;
         if (kv_read_file(p, &img, &sz, why, sizeof why) < 0) continue; /* gone meanwhile */

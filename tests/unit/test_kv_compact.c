@@ -26,6 +26,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "ds4.h"
 #include "ds4_kvstore.h"
@@ -35,6 +36,7 @@
 #include "engine/engine_internal.h"
 #include "engine/session_fill.h"
 #include "engine/session_kv.h"
+#include "kvstore/kvstore_internal.h"
 #include "model/layout.h"
 #include "model/synthetic.h"
 #include "test.h"
@@ -362,6 +364,19 @@ DS4_TEST(kv_compact_snapshot_sizes_restore_and_layout_check) {
     CHECK(ds4_session_restore(ra, snap_b, nb, err, sizeof err) == DS4_ERR_UNSUPPORTED);
     CHECK(strstr(err, "64/16 bytes (compact)") && strstr(err, "128/64 (f32)"), "message: %s", err);
     CHECK_EQ_INT(ds4_session_n_tokens(ra), 0);
+    /* the header-only check gives restore's verdicts from the header's bytes alone */
+    const size_t hb = ds4_session_snapshot_header_bytes();
+    CHECK(hb > 0 && hb < na && hb < nb);
+    CHECK(ds4_session_snapshot_check(rb, snap_b, hb, err, sizeof err) == 0, "%s", err);
+    CHECK(ds4_session_snapshot_check(ra, snap_a, hb, err, sizeof err) == 0, "%s", err);
+    err[0] = 0;
+    CHECK(ds4_session_snapshot_check(rb, snap_a, hb, err, sizeof err) == DS4_ERR_UNSUPPORTED);
+    CHECK(strstr(err, "128/64 bytes (f32)") && strstr(err, "64/16 (compact)"), "message: %s", err);
+    CHECK(ds4_session_snapshot_check(ra, snap_b, hb, err, sizeof err) == DS4_ERR_UNSUPPORTED);
+    CHECK(ds4_session_snapshot_check(ra, snap_a, hb - 1, err, sizeof err) == DS4_ERR_FORMAT);
+    snap_a[0] ^= 1; /* the magic */
+    CHECK(ds4_session_snapshot_check(ra, snap_a, hb, err, sizeof err) == DS4_ERR_FORMAT);
+    snap_a[0] ^= 1;
     /* a refused restore left the compact session as it was */
     CHECK_EQ_INT(ds4_session_n_tokens(rb), CTX);
     free(snap_a);
@@ -539,7 +554,10 @@ DS4_TEST(kv_compact_synthetic_flash_schedule) {
 /* The disk KV cache across layouts (a directory shared by a CPU and a compact-row
  * process, or a /save file moved between them): a file of the other layout is a miss
  * (logged, the session untouched) in the store and a clear error for a single-file load;
- * each layout still restores its own files. */
+ * each layout still restores its own files. The store decides the miss from the
+ * snapshot's header alone: a file of the other layout whose body is damaged stays on disk
+ * for its own layout's process (reading and verifying it would have removed it), which
+ * then finds the damage and removes it. */
 DS4_TEST(kv_compact_kvstore_files_of_the_other_layout) {
     const char *p = tm_path();
     REQUIRE(p != NULL);
@@ -575,18 +593,48 @@ DS4_TEST(kv_compact_kvstore_files_of_the_other_layout) {
     REQUIRE(ds4_kvstore_open(&kb, eb, &ko, err, sizeof err) == 0, "%s", err);
     REQUIRE(ds4_kvstore_save(ka, sa, &ra, DS4_KV_DISK, err, sizeof err) == 0, "%s", err);
     REQUIRE(ds4_kvstore_save(kb, sb, &rb, DS4_KV_DISK, err, sizeof err) == 0, "%s", err);
+    static const char text_c[] = "a compact prefix whose file gets damaged";
+    ds4_kv_save_req rc_ = {.text = text_c, .text_len = sizeof text_c - 1, .reason = DS4_KV_REASON_MANUAL};
+    REQUIRE(ds4_kvstore_save(kb, sb, &rc_, DS4_KV_DISK, err, sizeof err) == 0, "%s", err);
     ds4_kvstore_flush(ka);
     ds4_kvstore_flush(kb);
+    char file_c[700];
+    {   /* the last byte of text_c's file (its name: the SHA-256 of the text, store.c) flipped */
+        uint8_t h[32];
+        char hx[72];
+        REQUIRE(kv_sha256(text_c, sizeof text_c - 1, NULL, 0, h) == 0);
+        for (int i = 0; i < 32; i++) snprintf(hx + 2 * i, 3, "%02x", h[i]);
+        snprintf(file_c, sizeof file_c, "%s/%s.kv", dir, hx);
+        FILE *f = fopen(file_c, "r+b");
+        REQUIRE(f != NULL, "%s", file_c);
+        REQUIRE(fseek(f, -1, SEEK_END) == 0);
+        const int c = fgetc(f);
+        REQUIRE(c != EOF && fseek(f, -1, SEEK_END) == 0 && fputc(c ^ 0x5A, f) != EOF);
+        fclose(f);
+    }
 
     ds4_session *ta = NULL, *tb = NULL;
     REQUIRE(ds4_session_create(&ta, ea, &so, err, sizeof err) == 0, "%s", err);
     REQUIRE(ds4_session_create(&tb, eb, &so, err, sizeof err) == 0, "%s", err);
     ds4_kv_hit hit;
     /* the other layout's file: a miss, the session untouched */
-    fprintf(stderr, "    (two 'cannot restore' warnings expected)\n");
+    fprintf(stderr, "    (three 'cannot restore' warnings expected)\n");
     CHECK(ds4_kvstore_restore(ka, ta, text_b, sizeof text_b - 1, 1, &hit, err, sizeof err) == DS4_ERR_NOT_FOUND, "%s", err);
     CHECK_EQ_INT(ds4_session_n_tokens(ta), 0);
     CHECK(ds4_kvstore_restore(kb, tb, text_a, sizeof text_a - 1, 1, &hit, err, sizeof err) == DS4_ERR_NOT_FOUND, "%s", err);
+    CHECK_EQ_INT(ds4_session_n_tokens(tb), 0);
+    /* the damaged file of the other layout: a miss from its header, left on disk ... */
+    ds4_kvstore_stats sta, stb;
+    CHECK(ds4_kvstore_restore(ka, ta, text_c, sizeof text_c - 1, 1, &hit, err, sizeof err) == DS4_ERR_NOT_FOUND, "%s", err);
+    ds4_kvstore_get_stats(ka, &sta);
+    CHECK_EQ_INT(sta.corrupt_removed, 0);
+    CHECK(access(file_c, F_OK) == 0, "%s was removed by the other layout's store", file_c);
+    /* ... for its own layout's store, which reads it, finds the damage and removes it */
+    fprintf(stderr, "    (one 'removing' warning expected)\n");
+    CHECK(ds4_kvstore_restore(kb, tb, text_c, sizeof text_c - 1, 1, &hit, err, sizeof err) == DS4_ERR_NOT_FOUND, "%s", err);
+    ds4_kvstore_get_stats(kb, &stb);
+    CHECK_EQ_INT(stb.corrupt_removed, 1);
+    CHECK(access(file_c, F_OK) != 0, "%s is still there", file_c);
     CHECK_EQ_INT(ds4_session_n_tokens(tb), 0);
     /* each layout's own file restores, and decoding continues as in the original */
     REQUIRE(ds4_kvstore_restore(kb, tb, text_b, sizeof text_b - 1, 1, &hit, err, sizeof err) == 0, "%s", err);
