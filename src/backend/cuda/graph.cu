@@ -395,6 +395,5 @@ bool graph_copy_d2d(GraphRec *r, void *dst, const void *src, size_t bytes) {
     return true;
 }
 
-GraphStats graph_stats(const GraphRec *r) { return r ? r->stats : GraphStats{}; }
 
 }  // namespace ds4cu

@@ -50,7 +50,6 @@ bool graph_copy_d2d(GraphRec *r, void *dst, const void *src, size_t bytes);
 struct GraphStats {
     long steps, segments, builds, patched_nodes, kernels, stops, evicted;
 };
-GraphStats graph_stats(const GraphRec *r);
 
 }  // namespace ds4cu
 
