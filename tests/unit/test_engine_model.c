@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ds4.h"
 #include "core/common.h"
 #include "model/ggml_type.h"
 #include "model/gguf.h"
@@ -208,4 +209,19 @@ int tm_write(const tm_opts *o, const char *path, char *err, size_t errlen) {
     return rc;
 #undef KEY
 #undef SKIP
+}
+
+ds4_engine *tm_open_cpu(const char *path, bool exact) {
+    ds4_engine_options eo;
+    ds4_engine_options_default(&eo);
+    eo.exact = exact;
+    eo.n_threads = 2;
+    eo.backend = DS4_BACKEND_CPU;
+    ds4_engine *e = NULL;
+    char err[512];
+    if (ds4_engine_open(&e, path, &eo, err, sizeof err) < 0) {
+        fprintf(stderr, "open %s: %s\n", path, err);
+        return NULL;
+    }
+    return e;
 }

@@ -9,6 +9,7 @@
 #ifndef DS4_TEST_ENGINE_MODEL_H
 #define DS4_TEST_ENGINE_MODEL_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -36,5 +37,10 @@ typedef struct {
 /* Writes the model to path; returns 0 or a negative status (message in err). */
 int tm_write(const tm_opts *o, const char *path, char *err, size_t errlen);
 void tm_default(tm_opts *o);
+
+typedef struct ds4_engine ds4_engine;
+/* Opens a model file on the CPU backend with 2 threads (exact or production numerics);
+ * NULL on failure, the reason printed to stderr. */
+ds4_engine *tm_open_cpu(const char *path, bool exact);
 
 #endif

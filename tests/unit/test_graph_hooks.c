@@ -97,27 +97,13 @@ static gw *gw_install(ds4_engine *e) {
     return w;
 }
 
-static ds4_engine *open_engine(const char *path) {
-    ds4_engine_options eo;
-    ds4_engine_options_default(&eo);
-    eo.n_threads = 2;
-    eo.backend = DS4_BACKEND_CPU;
-    ds4_engine *e = NULL;
-    char err[512];
-    if (ds4_engine_open(&e, path, &eo, err, sizeof err) < 0) {
-        fprintf(stderr, "open %s: %s\n", path, err);
-        return NULL;
-    }
-    return e;
-}
-
 DS4_TEST(graph_hooks_bracket_single_token_chunks) {
     char p[512], err[512];
     snprintf(p, sizeof p, "%s/tm_graph_hooks.gguf", ds4_test_tmpdir());
     tm_opts o;
     tm_default(&o);
     REQUIRE(tm_write(&o, p, err, sizeof err) == 0, "%s", err);
-    ds4_engine *ea = open_engine(p), *eb = open_engine(p);
+    ds4_engine *ea = tm_open_cpu(p, false), *eb = tm_open_cpu(p, false);
     REQUIRE(ea && eb);
     gw *w = gw_install(eb);
     REQUIRE(w != NULL);

@@ -172,21 +172,6 @@ static kvw *kvw_install(ds4_engine *e, int64_t cap_rows, kvw_variant v) {
 }
 
 /* ---------------------------------------------------------------- helpers */
-static ds4_engine *open_tm_file(const char *path, bool exact) {
-    ds4_engine_options eo;
-    ds4_engine_options_default(&eo);
-    eo.exact = exact;
-    eo.n_threads = 2;
-    eo.backend = DS4_BACKEND_CPU;
-    ds4_engine *e = NULL;
-    char err[512];
-    if (ds4_engine_open(&e, path, &eo, err, sizeof err) < 0) {
-        fprintf(stderr, "open %s: %s\n", path, err);
-        return NULL;
-    }
-    return e;
-}
-
 static const char *tm_path(void) {
     static char p[512];
     if (!p[0]) {
@@ -254,7 +239,7 @@ static size_t tm_saving(int n) {
 DS4_TEST(kv_compact_engine_matches_f32_rows) {
     const char *p = tm_path();
     REQUIRE(p != NULL);
-    ds4_engine *ea = open_tm_file(p, false), *eb = open_tm_file(p, false);
+    ds4_engine *ea = tm_open_cpu(p, false), *eb = tm_open_cpu(p, false);
     REQUIRE(ea && eb);
     kvw *w = kvw_install(eb, 256, KVW_FULL);
     REQUIRE(w != NULL);
@@ -312,7 +297,7 @@ DS4_TEST(kv_compact_engine_matches_f32_rows) {
 DS4_TEST(kv_compact_snapshot_sizes_restore_and_layout_check) {
     const char *p = tm_path();
     REQUIRE(p != NULL);
-    ds4_engine *ea = open_tm_file(p, false), *eb = open_tm_file(p, false);
+    ds4_engine *ea = tm_open_cpu(p, false), *eb = tm_open_cpu(p, false);
     REQUIRE(ea && eb);
     REQUIRE(kvw_install(eb, 256, KVW_FULL) != NULL);
     enum { N = 80, CTX = 100 };
@@ -403,7 +388,7 @@ DS4_TEST(kv_compact_refusals_and_exact_numerics) {
     size_t est = 0;
     ds4_session *s = NULL;
 
-    ds4_engine *e = open_tm_file(p, false);
+    ds4_engine *e = tm_open_cpu(p, false);
     REQUIRE(e != NULL);
     REQUIRE(kvw_install(e, 256, KVW_NO_COMPRESS_ROWS) != NULL);
     err[0] = 0;
@@ -412,7 +397,7 @@ DS4_TEST(kv_compact_refusals_and_exact_numerics) {
     CHECK(ds4_engine_memory_estimate(e, &so, &est, err, sizeof err) == DS4_ERR_UNSUPPORTED);
     ds4_engine_close(e);
 
-    e = open_tm_file(p, true);
+    e = tm_open_cpu(p, true);
     REQUIRE(e != NULL);
     REQUIRE(kvw_install(e, 256, KVW_ALWAYS_COMPACT) != NULL);
     err[0] = 0;
@@ -421,7 +406,7 @@ DS4_TEST(kv_compact_refusals_and_exact_numerics) {
     ds4_engine_close(e);
 
     /* exact numerics: the wrapper answers 0 (f32 rows) and still runs its compress_rows */
-    ds4_engine *ea = open_tm_file(p, true), *eb = open_tm_file(p, true);
+    ds4_engine *ea = tm_open_cpu(p, true), *eb = tm_open_cpu(p, true);
     REQUIRE(ea && eb);
     kvw *w = kvw_install(eb, 256, KVW_FULL);
     REQUIRE(w != NULL);
@@ -448,7 +433,7 @@ DS4_TEST(kv_compact_refusals_and_exact_numerics) {
 DS4_TEST(kv_compact_fill_writes_compact_rows) {
     const char *p = tm_path();
     REQUIRE(p != NULL);
-    ds4_engine *e = open_tm_file(p, false);
+    ds4_engine *e = tm_open_cpu(p, false);
     REQUIRE(e != NULL);
     REQUIRE(kvw_install(e, 256, KVW_FULL) != NULL);
     ds4_session_options so;
@@ -561,7 +546,7 @@ DS4_TEST(kv_compact_synthetic_flash_schedule) {
 DS4_TEST(kv_compact_kvstore_files_of_the_other_layout) {
     const char *p = tm_path();
     REQUIRE(p != NULL);
-    ds4_engine *ea = open_tm_file(p, false), *eb = open_tm_file(p, false);
+    ds4_engine *ea = tm_open_cpu(p, false), *eb = tm_open_cpu(p, false);
     REQUIRE(ea && eb);
     REQUIRE(kvw_install(eb, 256, KVW_FULL) != NULL);
     ds4_session_options so;

@@ -363,6 +363,19 @@ void graph_sync_point(GraphRec *r) {
     r->stats.stops++;
 }
 
+namespace {
+// Records a copy on the stream (the node's addresses are patched like kernel parameters).
+void push_copy(GraphRec *r, void *dst, const void *src, size_t bytes, cudaMemcpyKind mk) {
+    Op o = {};
+    o.kind = OP_COPY;
+    o.dst = dst;
+    o.src = src;
+    o.bytes = bytes;
+    o.mk = mk;
+    r->cur.ops.push_back(o);
+}
+}  // namespace
+
 void *graph_stage(GraphRec *r, const void *host, size_t bytes) {
     if (!r || !r->rec) return nullptr;
     const size_t span = (bytes + 255) & ~(size_t)255;
@@ -373,27 +386,14 @@ void *graph_stage(GraphRec *r, const void *host, size_t bytes) {
     uint8_t *h = r->ah + r->aoff, *d = r->ad + r->aoff;
     r->aoff += span;
     memcpy(h, host, bytes);
-    Op o = {};
-    o.kind = OP_COPY;
-    o.dst = d;
-    o.src = h;
-    o.bytes = bytes;
-    o.mk = cudaMemcpyHostToDevice;
-    r->cur.ops.push_back(o);
+    push_copy(r, d, h, bytes, cudaMemcpyHostToDevice);
     return d;
 }
 
 bool graph_copy_d2d(GraphRec *r, void *dst, const void *src, size_t bytes) {
     if (!r || !r->rec) return false;
-    Op o = {};
-    o.kind = OP_COPY;
-    o.dst = dst;
-    o.src = src;
-    o.bytes = bytes;
-    o.mk = cudaMemcpyDeviceToDevice;
-    r->cur.ops.push_back(o);
+    push_copy(r, dst, src, bytes, cudaMemcpyDeviceToDevice);
     return true;
 }
-
 
 }  // namespace ds4cu
